@@ -1,0 +1,30 @@
+"""timm pretrained-config defaults for the architectures registered here."""
+
+from __future__ import annotations
+
+from timm.models import generate_default_cfgs
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+
+
+def default_cfgs_for(variants, first_conv: str, classifier: str):
+    """One untrained 32x32 CIFAR-normalized default cfg per variant (no weights to download)."""
+    return generate_default_cfgs(
+        {
+            f"{name}.untrained": {
+                "url": "",
+                "num_classes": 10,
+                "input_size": (3, 32, 32),
+                "pool_size": None,
+                "crop_pct": 1.0,
+                "interpolation": "bilinear",
+                "mean": CIFAR10_MEAN,
+                "std": CIFAR10_STD,
+                "first_conv": first_conv,
+                "classifier": classifier,
+                "license": "mit",
+            }
+            for name in variants
+        }
+    )

@@ -1,0 +1,115 @@
+"""AlexNet and VGG-11 for 32x32 inputs, as in the DC/DSA/DM model zoo (method-spec §4), registered with timm."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg, register_model
+
+from ._cfg import default_cfgs_for
+from .layers import InstanceNorm2d
+
+__all__ = ["AlexNetCifar", "VGGCifar"]
+
+
+class _FeatureClassifier(nn.Module):
+    """timm-style base: ``features`` -> flatten -> ``head``; the feature size is measured once at build."""
+
+    def _finish(self, num_classes: int, in_chans: int, img_size) -> None:
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        with torch.no_grad():
+            shape = self.features(torch.zeros(1, in_chans, *size)).shape
+        self.num_features = self.head_hidden_size = shape[1] * shape[2] * shape[3]
+        self.num_classes = num_classes
+        self.global_pool = ""
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    return {"none": nn.Identity, "instance": InstanceNorm2d, "batch": nn.BatchNorm2d}[kind](channels)
+
+
+class AlexNetCifar(_FeatureClassifier):
+    """Five convolutions (128, 192, 256, 192, 192) with three max-pools; 3072-d embedding at 32x32."""
+
+    def __init__(self, num_classes=10, in_chans=3, img_size=32, norm="none", global_pool="", **_):
+        super().__init__()
+        if norm not in ("none", "batch"):
+            raise ValueError(f"unknown norm {norm!r} for alexnet_cifar; choose 'none' or 'batch'")
+        spec = [(128, 5, 4 if in_chans == 1 else 2, True), (192, 5, 2, True), (256, 3, 1, False),
+                (192, 3, 1, False), (192, 3, 1, True)]
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for out, kernel, padding, pool in spec:
+            layers += [nn.Conv2d(channels, out, kernel, padding=padding), _norm(norm, out), nn.ReLU(inplace=True)]
+            if pool:
+                layers.append(nn.MaxPool2d(2, 2))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self._finish(num_classes, in_chans, img_size)
+
+
+_VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGGCifar(_FeatureClassifier):
+    """VGG-11 with instance norm (default) or BatchNorm; 512-d embedding at 32x32."""
+
+    def __init__(self, num_classes=10, in_chans=3, img_size=32, norm="instance", cfg=_VGG11, global_pool="", **_):
+        super().__init__()
+        if norm not in ("none", "instance", "batch"):
+            raise ValueError(f"unknown norm {norm!r} for vgg11_cifar; choose 'instance', 'batch' or 'none'")
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for i, v in enumerate(cfg):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            padding = 3 if (in_chans == 1 and i == 0) else 1
+            layers += [nn.Conv2d(channels, v, 3, padding=padding), _norm(norm, v), nn.ReLU(inplace=True)]
+            channels = v
+        self.features = nn.Sequential(*layers)
+        self._finish(num_classes, in_chans, img_size)
+
+
+_VARIANTS = {
+    "alexnet_cifar": (AlexNetCifar, dict(norm="none")),
+    "alexnet_cifar_bn": (AlexNetCifar, dict(norm="batch")),
+    "vgg11_cifar": (VGGCifar, dict(norm="instance")),
+    "vgg11_cifar_bn": (VGGCifar, dict(norm="batch")),
+}
+
+default_cfgs = default_cfgs_for(_VARIANTS, first_conv="features.0", classifier="head")
+
+
+def _register(variant: str) -> None:
+    cls, defaults = _VARIANTS[variant]
+
+    def factory(pretrained: bool = False, **kwargs):
+        return build_model_with_cfg(cls, variant, pretrained, **{**defaults, **kwargs})
+
+    factory.__name__ = variant
+    factory.__doc__ = f"{cls.__name__} {defaults}."
+    factory.__module__ = __name__
+    register_model(factory)
+
+
+for _variant in _VARIANTS:
+    _register(_variant)

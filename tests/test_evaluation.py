@@ -1,0 +1,99 @@
+"""Evaluation protocol: presets, training actually learns, determinism, baselines, cross-architecture."""
+
+import pytest
+import torch
+
+from cmidd_hf import (
+    PROTOCOLS,
+    evaluate_architectures,
+    evaluate_random_subset,
+    evaluate_synthetic,
+    evaluate_whole_dataset,
+    get_protocol,
+    load_image_classification,
+)
+from cmidd_hf.evaluation import _cutmix, default_augmentation
+
+FAST = dict(compile=False, progress=False)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_image_classification("mnist-5k", validation_per_class=10)
+
+
+def subset(data, ipc, seed=0):
+    pos = data.train.balanced_subset(ipc, torch.Generator().manual_seed(seed))
+    return data.train.images(pos), data.train.labels[pos]
+
+
+def test_protocol_presets_match_the_spec():
+    dsa, dc, idc = PROTOCOLS["dsa"], PROTOCOLS["dc"], PROTOCOLS["idc"]
+    assert (dsa.epochs, dsa.lr, dsa.momentum, dsa.weight_decay, dsa.batch_size) == (1000, 0.01, 0.9, 5e-4, 256)
+    assert dsa.milestone_epochs() == [500] and dsa.gamma == 0.1
+    assert dsa.augmentation == "color_crop_cutout_flip_scale_rotate" and dsa.cutmix_prob == 0
+    assert dc.epochs == 300 and dc.augmentation is None
+    assert idc.milestone_epochs() == [666, 833] and idc.gamma == 0.2 and idc.batch_size == 64
+    assert "cutout" not in idc.augmentation and idc.cutmix_prob == 0.5 and idc.augmentation_mode == "idc"
+    assert get_protocol("dsa", epochs=30).epochs == 30
+    assert get_protocol("dc", augmentation="crop").augmentation is None
+    assert default_augmentation("mnist-5k") == "color_crop_cutout_scale_rotate"
+    assert default_augmentation("uoft-cs/cifar10") == "color_crop_cutout_flip_scale_rotate"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        get_protocol("mtt")
+
+
+def test_training_learns_and_is_deterministic(mnist):
+    images, labels = subset(mnist, 10)
+    kwargs = dict(arch="convnet3", protocol="dsa", seed=4, epochs=25, precision="fp32", **FAST)
+    first = evaluate_synthetic(images, labels, mnist.test, runs=2, validation=mnist.validation, **kwargs)
+    again = evaluate_synthetic(images, labels, mnist.test, runs=1, **kwargs)
+    assert first.accuracies[0] == again.accuracies[0]  # same seed, same network, same accuracy
+    assert first.seeds == [4, 5] and first.runs == 2 and first.train_size == 100
+    assert min(first.accuracies) > 0.6  # 10 real digits per class teach a ConvNet far above chance (0.1)
+    assert len(first.validation_accuracies) == 2
+    summary = first.to_dict()
+    assert summary["protocol"] == "dsa" and summary["epochs"] == 25 and summary["runs"] == 2
+    assert isinstance(summary["mean"], float) and "±" in str(first)
+
+
+def test_shuffled_labels_do_not_generalize(mnist):
+    images, labels = subset(mnist, 10)
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+    result = evaluate_synthetic(images, shuffled, mnist.test, runs=1, epochs=25, **FAST)
+    assert result.mean < 0.35
+
+
+def test_idc_protocol_with_cutmix_runs(mnist):
+    images, labels = subset(mnist, 5)
+    result = evaluate_synthetic(images, labels, mnist.test, protocol="idc", runs=1, epochs=12, **FAST)
+    assert result.protocol == "idc" and 0.0 <= result.mean <= 1.0
+
+
+def test_cutmix_mixes_a_box_and_reports_its_area():
+    x = torch.zeros(4, 1, 8, 8)
+    x[1] = 1.0
+    y = torch.arange(4)
+    mixed, partner, lam = _cutmix(x, y, torch.Generator().manual_seed(2))
+    pasted = (mixed != x).float().mean().item() * 4 / (x[1].eq(1).float().mean().item() * 4)
+    assert 0.0 <= lam <= 1.0 and partner.shape == y.shape
+    assert mixed.shape == x.shape and pasted <= 1.0
+
+
+def test_baselines_random_subset_and_whole_set(mnist):
+    random_subset = evaluate_random_subset(mnist, ipc=5, runs=2, epochs=15, **FAST)
+    assert random_subset.train_size == 50 and random_subset.runs == 2
+    assert random_subset.accuracies[0] != random_subset.accuracies[1]  # a different subset per run
+    whole = evaluate_whole_dataset(mnist, runs=1, epochs=1, **FAST)
+    assert whole.train_size == len(mnist.train) and whole.mean > 0.5  # one epoch over 3,900 digits
+
+
+def test_cross_architecture_and_bad_arch(mnist):
+    images, labels = subset(mnist, 2)
+    results = evaluate_architectures(images, labels, mnist.test, ["convnet3", "alexnet_cifar"], runs=1,
+                                     epochs=2, **FAST)
+    assert set(results) == {"convnet3", "alexnet_cifar"}
+    with pytest.raises(ValueError, match="unknown architecture"):
+        evaluate_synthetic(images, labels, mnist.test, arch="nonet", runs=1, epochs=1, **FAST)
+    with pytest.raises(ValueError, match="images are"):
+        evaluate_synthetic(torch.zeros(4, 3, 32, 32), torch.zeros(4), mnist.test, runs=1, epochs=1, **FAST)
