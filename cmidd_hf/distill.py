@@ -127,8 +127,8 @@ class Distiller:
         regularizer: the CMI term, or None for the base method alone.
         lr, momentum: SGD on the synthetic images.
         fingerprint: identity of the run (dataset, ipc, image size, method, ...), checked on resume.
-        evaluate: called on the main process with (images, labels, step) every ``eval_every`` steps;
-            returns a dict of plain values to log.
+        evaluate: called on the main process with (images, labels, step) every ``eval_every`` steps (and at
+            step 0 if ``evaluate_at_start``); returns a dict of plain values to log.
     """
 
     def __init__(
@@ -148,6 +148,7 @@ class Distiller:
         evaluate: Callable[[torch.Tensor, torch.Tensor, int], dict] | None = None,
         log_every: int = 1,
         progress: bool = True,
+        evaluate_at_start: bool = True,
     ) -> None:
         if iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -161,6 +162,7 @@ class Distiller:
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.eval_every, self.evaluate, self.log_every = eval_every, evaluate, log_every
         self.progress = progress
+        self.evaluate_at_start = evaluate_at_start
         self.state = RunState(fingerprint=dict(fingerprint))
         self.metrics_path = self.output_dir / "metrics.jsonl"
         num_classes = synthetic.num_classes
@@ -288,7 +290,7 @@ class Distiller:
         last_good: Path | None = None
         bar = tqdm(total=self.iterations, initial=self.state.step, desc="distill", unit="it",
                    disable=not (self.progress and acc.is_main_process))
-        if self.state.step == 0 and self.eval_every > 0:
+        if self.state.step == 0 and self.eval_every > 0 and self.evaluate_at_start:
             self._run_evaluation()
         started = time.perf_counter() - self.state.elapsed_seconds
         while self.state.step < self.iterations:

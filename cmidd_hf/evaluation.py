@@ -323,6 +323,15 @@ def evaluate_synthetic(
                      train_device, precision, compile, progress, f"eval {arch}")
 
 
+def _evaluate_baseline(data: ImageClassificationData, make_train_set, train_size: int, arch: str,
+                       protocol: str | EvalProtocol, runs: int, seed: int, epochs: int | None,
+                       augmentation: str | None, device, precision: str, compile: bool, progress: bool,
+                       description: str) -> EvaluationResult:
+    protocol = get_protocol(protocol, epochs=epochs, augmentation=augmentation)
+    return _evaluate(make_train_set, train_size, data.test, arch, protocol, runs, seed, data.validation, device,
+                     precision, compile, progress, description)
+
+
 def evaluate_random_subset(
     data: ImageClassificationData,
     ipc: int,
@@ -330,21 +339,23 @@ def evaluate_random_subset(
     protocol: str | EvalProtocol = "dsa",
     runs: int = 5,
     seed: int = 0,
-    **kwargs,
+    *,
+    epochs: int | None = None,
+    augmentation: str | None = None,
+    device=None,
+    precision: str = "bf16",
+    compile: bool = True,
+    progress: bool = True,
 ) -> EvaluationResult:
     """Baseline: a fresh random class-balanced subset of ``ipc`` real images per class for each run."""
-    protocol = get_protocol(protocol, epochs=kwargs.pop("epochs", None), augmentation=kwargs.pop("augmentation", None))
-    device = torch.device(kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
-    train = data.train
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def subset(run_seed: int) -> _TensorSet:
-        positions = train.balanced_subset(ipc, torch.Generator().manual_seed(run_seed))
-        return _TensorSet(train.images(positions), train.labels[positions], device)
+        positions = data.train.balanced_subset(ipc, torch.Generator().manual_seed(run_seed))
+        return _TensorSet(data.train.images(positions), data.train.labels[positions], device)
 
-    return _evaluate(subset, ipc * data.num_classes, data.test, arch, protocol, runs, seed,
-                     kwargs.pop("validation", data.validation), device, kwargs.pop("precision", "bf16"),
-                     kwargs.pop("compile", True), kwargs.pop("progress", True), f"random ipc{ipc} {arch}",
-                     **kwargs)
+    return _evaluate_baseline(data, subset, ipc * data.num_classes, arch, protocol, runs, seed, epochs,
+                              augmentation, device, precision, compile, progress, f"random ipc{ipc} {arch}")
 
 
 def evaluate_whole_dataset(
@@ -353,15 +364,19 @@ def evaluate_whole_dataset(
     protocol: str | EvalProtocol = "dsa",
     runs: int = 1,
     seed: int = 0,
-    **kwargs,
+    *,
+    epochs: int | None = None,
+    augmentation: str | None = None,
+    device=None,
+    precision: str = "bf16",
+    compile: bool = True,
+    progress: bool = True,
 ) -> EvaluationResult:
     """Baseline: train on the whole training split with the same protocol (lower ``epochs`` for big sets)."""
-    protocol = get_protocol(protocol, epochs=kwargs.pop("epochs", None), augmentation=kwargs.pop("augmentation", None))
-    device = torch.device(kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_set = _StoreSet(data.train, None, device)
-    return _evaluate(lambda _seed: train_set, len(train_set), data.test, arch, protocol, runs, seed,
-                     kwargs.pop("validation", data.validation), device, kwargs.pop("precision", "bf16"),
-                     kwargs.pop("compile", True), kwargs.pop("progress", True), f"whole set {arch}", **kwargs)
+    return _evaluate_baseline(data, lambda _seed: train_set, len(train_set), arch, protocol, runs, seed, epochs,
+                              augmentation, device, precision, compile, progress, f"whole set {arch}")
 
 
 def evaluate_architectures(

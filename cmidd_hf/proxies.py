@@ -133,7 +133,7 @@ def save_proxy(model: nn.Module, out_dir: str | os.PathLike, data: ImageClassifi
         save_for_hf(
             model, staging, safe_serialization=True,
             model_config={"label_names": list(data.class_names)},
-            model_args={"num_classes": data.num_classes, "in_chans": data.channels,
+            model_args={"num_classes": model.num_classes, "in_chans": data.channels,
                         "img_size": list(data.image_size)},
             data_config={"input_size": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
                          "crop_pct": 1.0, "interpolation": "bilinear"},

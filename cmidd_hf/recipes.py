@@ -55,6 +55,7 @@ class DistillArguments:
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps during distillation (0: only at "
                                                          "the end)"})
     eval_every_runs: int = field(default=1, metadata={"help": "networks per periodic evaluation"})
+    eval_at_start: bool = field(default=True, metadata={"help": "with eval_every, also evaluate the initial set"})
     # run
     seed: int = 0
     output_dir: str = "outputs"

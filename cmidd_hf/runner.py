@@ -113,7 +113,8 @@ def run_distillation(args: DistillArguments) -> dict:
                                                               if isinstance(v, (int, float, str, bool))})
     distiller = Distiller(accelerator, synthetic, objective, regularizer, args.iterations, args.lr_img,
                           args.momentum_img, run_dir, identity, checkpoint_every=args.checkpoint_every,
-                          eval_every=args.eval_every, evaluate=periodic_evaluation, log_every=args.log_every)
+                          eval_every=args.eval_every, evaluate=periodic_evaluation, log_every=args.log_every,
+                          evaluate_at_start=args.eval_at_start)
     synthetic = distiller.run(args.resume_from_checkpoint)
     images, labels = synthetic.images.detach().cpu(), synthetic.labels.cpu()
 

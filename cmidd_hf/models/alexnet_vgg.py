@@ -4,49 +4,29 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, register_model
 
-from ._cfg import default_cfgs_for
+from ._cfg import default_cfgs_for, register_variants
+from .base import FeatureClassifier
 from .layers import InstanceNorm2d
 
 __all__ = ["AlexNetCifar", "VGGCifar"]
 
 
-class _FeatureClassifier(nn.Module):
-    """timm-style base: ``features`` -> flatten -> ``head``; the feature size is measured once at build."""
+class _MeasuredClassifier(FeatureClassifier):
+    """The flattened feature size is measured once at build (it depends on padding and pooling)."""
 
     def _finish(self, num_classes: int, in_chans: int, img_size) -> None:
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         with torch.no_grad():
             shape = self.features(torch.zeros(1, in_chans, *size)).shape
-        self.num_features = self.head_hidden_size = shape[1] * shape[2] * shape[3]
-        self.num_classes = num_classes
-        self.global_pool = ""
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        self._build_head(shape[1] * shape[2] * shape[3], num_classes)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
     return {"none": nn.Identity, "instance": InstanceNorm2d, "batch": nn.BatchNorm2d}[kind](channels)
 
 
-class AlexNetCifar(_FeatureClassifier):
+class AlexNetCifar(_MeasuredClassifier):
     """Five convolutions (128, 192, 256, 192, 192) with three max-pools; 3072-d embedding at 32x32."""
 
     def __init__(self, num_classes=10, in_chans=3, img_size=32, norm="none", global_pool="", **_):
@@ -69,7 +49,7 @@ class AlexNetCifar(_FeatureClassifier):
 _VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-class VGGCifar(_FeatureClassifier):
+class VGGCifar(_MeasuredClassifier):
     """VGG-11 with instance norm (default) or BatchNorm; 512-d embedding at 32x32."""
 
     def __init__(self, num_classes=10, in_chans=3, img_size=32, norm="instance", cfg=_VGG11, global_pool="", **_):
@@ -99,17 +79,4 @@ _VARIANTS = {
 default_cfgs = default_cfgs_for(_VARIANTS, first_conv="features.0", classifier="head")
 
 
-def _register(variant: str) -> None:
-    cls, defaults = _VARIANTS[variant]
-
-    def factory(pretrained: bool = False, **kwargs):
-        return build_model_with_cfg(cls, variant, pretrained, **{**defaults, **kwargs})
-
-    factory.__name__ = variant
-    factory.__doc__ = f"{cls.__name__} {defaults}."
-    factory.__module__ = __name__
-    register_model(factory)
-
-
-for _variant in _VARIANTS:
-    _register(_variant)
+register_variants(__name__, _VARIANTS)

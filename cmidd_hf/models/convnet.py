@@ -6,17 +6,16 @@ by 3, so 28x28 MNIST-like images reach the same 4x4x128 = 2048-d embedding as 32
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, register_model
 
-from ._cfg import default_cfgs_for
+from ._cfg import default_cfgs_for, register_variants
+from .base import FeatureClassifier
 from .layers import make_activation, make_norm
 
 __all__ = ["ConvNet"]
 
 
-class ConvNet(nn.Module):
+class ConvNet(FeatureClassifier):
     def __init__(
         self,
         num_classes: int = 10,
@@ -36,9 +35,7 @@ class ConvNet(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         height, width_px = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        self.num_classes = num_classes
         self.in_chans = in_chans
-        self.global_pool = global_pool
         self.drop_rate = drop_rate
         layers: list[nn.Module] = []
         channels = in_chans
@@ -54,58 +51,21 @@ class ConvNet(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.feature_shape = (width, height, width_px)
-        self.num_features = self.head_hidden_size = width * height * width_px
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(1)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        self._build_head(width * height * width_px, num_classes)
 
 
 _VARIANTS = {
-    "convnet1": dict(depth=1),
-    "convnet2": dict(depth=2),
-    "convnet3": dict(depth=3),
-    "convnet4": dict(depth=4),
-    "convnet5": dict(depth=5),
-    "convnet3_bn": dict(depth=3, norm="batch"),
-    "convnet4_bn": dict(depth=4, norm="batch"),
-    "convnet3_ln": dict(depth=3, norm="layer"),
-    "convnet3_gn": dict(depth=3, norm="group"),
-    "convnet3_nn": dict(depth=3, norm="none"),
+    "convnet1": (ConvNet, dict(depth=1)),
+    "convnet2": (ConvNet, dict(depth=2)),
+    "convnet3": (ConvNet, dict(depth=3)),
+    "convnet4": (ConvNet, dict(depth=4)),
+    "convnet5": (ConvNet, dict(depth=5)),
+    "convnet3_bn": (ConvNet, dict(depth=3, norm="batch")),
+    "convnet4_bn": (ConvNet, dict(depth=4, norm="batch")),
+    "convnet3_ln": (ConvNet, dict(depth=3, norm="layer")),
+    "convnet3_gn": (ConvNet, dict(depth=3, norm="group")),
+    "convnet3_nn": (ConvNet, dict(depth=3, norm="none")),
 }
 
 default_cfgs = default_cfgs_for(_VARIANTS, first_conv="features.0", classifier="head")
-
-
-def _create(variant: str, pretrained: bool, **kwargs) -> ConvNet:
-    return build_model_with_cfg(ConvNet, variant, pretrained, **{**_VARIANTS[variant], **kwargs})
-
-
-def _register(variant: str) -> None:
-    def factory(pretrained: bool = False, **kwargs) -> ConvNet:
-        return _create(variant, pretrained, **kwargs)
-
-    factory.__name__ = variant
-    factory.__doc__ = f"ConvNet {_VARIANTS[variant]} (width 128, ReLU, avg-pool unless overridden)."
-    factory.__module__ = __name__
-    register_model(factory)
-
-
-for _variant in _VARIANTS:
-    _register(_variant)
+register_variants(__name__, _VARIANTS)

@@ -7,10 +7,9 @@ At 64x64 the head pools globally (512-d), unlike the official 2048-d fixed 4x4 p
 from __future__ import annotations
 
 import torch.nn as nn
-from timm.models import build_model_with_cfg, register_model
 from timm.models.resnet import BasicBlock, ResNet
 
-from ._cfg import default_cfgs_for
+from ._cfg import default_cfgs_for, register_variants
 from .layers import InstanceNorm2d
 
 __all__ = ["CifarResNet"]
@@ -27,22 +26,9 @@ class CifarResNet(ResNet):
 
 
 _VARIANTS = {
-    "resnet18_cifar": dict(layers=(2, 2, 2, 2), norm="instance"),
-    "resnet18_cifar_bn": dict(layers=(2, 2, 2, 2), norm="batch"),
+    "resnet18_cifar": (CifarResNet, dict(layers=(2, 2, 2, 2), norm="instance")),  # the official CMIDD proxy
+    "resnet18_cifar_bn": (CifarResNet, dict(layers=(2, 2, 2, 2), norm="batch")),
 }
 
 default_cfgs = default_cfgs_for(_VARIANTS, first_conv="conv1", classifier="fc")
-
-
-@register_model
-def resnet18_cifar(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ResNet-18, CIFAR stem, instance norm (GroupNorm(C, C)): the official CMIDD proxy."""
-    return build_model_with_cfg(CifarResNet, "resnet18_cifar", pretrained, **{**_VARIANTS["resnet18_cifar"], **kwargs})
-
-
-@register_model
-def resnet18_cifar_bn(pretrained: bool = False, **kwargs) -> CifarResNet:
-    """ResNet-18, CIFAR stem, BatchNorm."""
-    return build_model_with_cfg(
-        CifarResNet, "resnet18_cifar_bn", pretrained, **{**_VARIANTS["resnet18_cifar_bn"], **kwargs}
-    )
+register_variants(__name__, _VARIANTS)
