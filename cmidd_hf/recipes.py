@@ -43,6 +43,9 @@ class DistillArguments:
     cmi_normalization: str = field(default="global", metadata={"choices": ["global", "per_class"]})
     cmi_every: int = field(default=1, metadata={"help": "compute the CMI term every k steps"})
     cmi_class_chunk: int | None = field(default=None, metadata={"help": "classes per proxy forward (memory)"})
+    cmi_precision: str = field(default="fp32", metadata={"help": "proxy forward precision (bf16: faster on "
+                                                                 "CPUs/GPUs with bf16 units)",
+                                                         "choices": ["fp32", "bf16"]})
     proxies: list[str] = field(default_factory=list, metadata={
         "help": "proxy networks: timm names, hf-hub:org/name, local-dir:/path, transformers:org/name; in YAML "
                 "also {train: {arch, count, epochs, ...}} to train them once and cache"})

@@ -84,7 +84,8 @@ def run_distillation(args: DistillArguments) -> dict:
     if args.cmi_weight > 0:
         regularizer = CMIRegularizer(list(pool), args.cmi_weight, space=args.cmi_space,
                                      normalization=args.cmi_normalization, every=args.cmi_every,
-                                     class_chunk_size=args.cmi_class_chunk, seed=args.seed)
+                                     class_chunk_size=args.cmi_class_chunk, seed=args.seed,
+                                     precision=args.cmi_precision)
     objective = DMObjective(data.train, args.net_arch, args.batch_real, strategy, args.seed, args.precision,
                             args.compile, device)
     init = SyntheticSet.from_real if args.init == "real" else SyntheticSet.from_noise
