@@ -251,7 +251,8 @@ class Distiller:
 
     # ------------------------------------------------------------------ the loop
 
-    def _log(self, record: dict) -> None:
+    def log_record(self, record: dict) -> None:
+        """Append ``record`` to metrics.jsonl (main process) and send its numbers to the trackers."""
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.metrics_path, "a") as f:
@@ -263,7 +264,7 @@ class Distiller:
         self.synchronize()
         if self.accelerator.is_main_process and self.evaluate is not None:
             record = self.evaluate(self.synthetic.images.detach().cpu(), self.synthetic.labels.cpu(), self.state.step)
-            self._log({"step": self.state.step, "event": "evaluation", **record})
+            self.log_record({"step": self.state.step, "event": "evaluation", **record})
         self.accelerator.wait_for_everyone()
 
     def _on_signal(self, signum, _frame) -> None:
@@ -325,7 +326,7 @@ class Distiller:
                 record = {"step": self.state.step, "loss": loss_sum, "matching_loss": loss_dd_sum}
                 if reg_active:
                     record["cmi"] = cmi_sum
-                self._log(record)
+                self.log_record(record)
             bar.set_postfix(loss=f"{loss_dd_sum:.4g}", **({"cmi": f"{cmi_sum:.4g}"} if reg_active else {}))
             bar.update(1)
             if stop_sum > 0:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from timm.models import save_for_hf
 
-from .data import ImageClassificationData, RealImageStore
+from .data import ImageClassificationData
 from .evaluation import EvalProtocol, NetworkTrainer, _StoreSet
 
 logger = logging.getLogger(__name__)
@@ -274,14 +274,3 @@ def cached_or_trained(spec: ProxyTrainingSpec, data: ImageClassificationData, ca
             logger.info("trained proxy %s: test accuracy %s", folder, accuracy)
         out.append((f"local-dir:{folder}", _load_one(f"local-dir:{folder}")))
     return out
-
-
-def proxy_accuracy(proxy: nn.Module, store: RealImageStore, batch_size: int = 500) -> float:
-    """Test accuracy of a proxy classifier on a real-image store."""
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(store), batch_size):
-            pos = torch.arange(start, min(start + batch_size, len(store)))
-            logits = proxy.forward_head(proxy.forward_features(store.images(pos, _device_of(proxy))))
-            correct += int((logits.argmax(1).cpu() == store.labels[pos]).sum())
-    return correct / len(store)

@@ -127,7 +127,7 @@ def run_distillation(args: DistillArguments) -> dict:
             accelerator.print(f"final accuracy {result}")
             results.append(result.to_dict())
         cmi = final_cmi(pool, images.to(device), labels.to(device), args.cmi_space) if pool is not None else None
-        distiller._log({"step": args.iterations, "event": "evaluation", "final": True,
+        distiller.log_record({"step": args.iterations, "event": "evaluation", "final": True,
                         **{f"accuracy/{r['arch']}": r["mean"] for r in results},
                         **({"final_cmi": cmi} if cmi is not None else {})})
         distillation = {
