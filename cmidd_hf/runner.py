@@ -102,7 +102,7 @@ def run_distillation(args: DistillArguments) -> dict:
                                         progress=False, **eval_options)
             record[f"accuracy/{arch}"] = result.mean
         if pool is not None:
-            record["final_cmi" if step == args.iterations else "set_cmi"] = final_cmi(
+            record["set_cmi"] = final_cmi(
                 pool, images.to(device), labels.to(device), args.cmi_space)
         accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()))
         return record

@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", default=[0, 10, 100, 1000])
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=500)
-    parser.add_argument("--midpoint", type=int, default=250, help="iteration of the intermediate evaluation")
+    parser.add_argument("--midpoint", type=int, default=250, help="iteration of the intermediate evaluation (0: none)")
     parser.add_argument("--eval_runs", type=int, default=5)
     parser.add_argument("--eval_epochs", type=int, default=300)
     parser.add_argument("--midpoint_runs", type=int, default=2)
@@ -50,7 +50,8 @@ def main() -> None:
 
     print(f"\nmnist-5k, IPC {args.ipc}, {args.iterations} iterations, ConvNet-3, DSA; final: {args.eval_runs} runs x "
           f"{args.eval_epochs} epochs; acc@{args.midpoint}: {args.midpoint_runs} runs")
-    print(f"| lambda | accuracy (%) | final CMI (nats) | acc @ {args.midpoint} it (%) |")
+    midpoint = f"{args.midpoint} it" if args.midpoint else "midpoint (off)"
+    print(f"| lambda | accuracy (%) | final CMI (nats) | acc @ {midpoint} (%) |")
     print("|---|---|---|---|")
     for weight, result, cmi, mid in rows:
         mid_text = f"{100 * mid:.2f}" if mid is not None else "-"
