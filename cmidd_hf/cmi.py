@@ -104,6 +104,40 @@ def class_aware_cmi(
     return per_class / counts.clamp_min(1.0)
 
 
+@torch.no_grad()
+def dataset_cmi(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    proxies: Sequence[nn.Module],
+    space: Literal["feature", "probability"] = "feature",
+    num_classes: int | None = None,
+    batch_size: int = 500,
+) -> list[float]:
+    """The class-aware CMI of a whole labelled image set under each proxy (one value per proxy, nats).
+
+    ``images`` are normalized as the proxies expect. The proxy forward runs in batches of ``batch_size`` on
+    the proxy's device; the CMI itself is computed over the whole set (centroids need every sample). This is
+    what the distillation logs, the dataset card and the ``class_aware_cmi`` evaluate metric report.
+    """
+    if space not in ("feature", "probability"):
+        raise ValueError(f"space must be 'feature' or 'probability', got {space!r}")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    labels = labels.long().cpu()
+    values = []
+    for proxy in proxies:
+        was_training = proxy.training
+        proxy.eval()
+        parameter = next(proxy.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        outputs = [proxy.forward_head(proxy.forward_features(images[i:i + batch_size].to(device).float()),
+                                      pre_logits=space == "feature").float().cpu()
+                   for i in range(0, len(images), batch_size)]
+        proxy.train(was_training)
+        values.append(float(class_aware_cmi(torch.cat(outputs), labels, num_classes=num_classes)))
+    return values
+
+
 def _freeze(module: nn.Module) -> nn.Module:
     module.eval()
     for parameter in module.parameters():

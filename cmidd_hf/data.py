@@ -46,27 +46,36 @@ class DataError(ValueError):
     """Bad dataset input: the message names the field and the fix."""
 
 
+def canonical_dataset(name: str) -> str | None:
+    """The canonical key (``cifar10``, ``mnist``, ...) of a dataset name, Hub id or folder, if it is known."""
+    return _ALIASES.get(str(name).rstrip("/").split("/")[-1].lower())
+
+
 def known_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The standard normalization of a dataset, keyed by its name or Hub id (``uoft-cs/cifar10``)."""
-    key = name.rstrip("/").split("/")[-1].lower()
-    canonical = _ALIASES.get(key)
+    canonical = canonical_dataset(name)
     return KNOWN_STATS[canonical] if canonical else None
 
 
 # --------------------------------------------------------------------------------------------- sources
 
 
-def resolve_dataset(source: str | os.PathLike | Dataset | DatasetDict, config_name: str | None = None) -> DatasetDict:
-    """Open ``source`` as a ``DatasetDict`` (embedded name, local folder, Hub id, or dataset object)."""
+def resolve_dataset(
+    source: str | os.PathLike | Dataset | DatasetDict, config_name: str | None = None
+) -> tuple[DatasetDict, Path | None]:
+    """Open ``source`` as a ``DatasetDict`` (embedded name, local folder, Hub id, or dataset object).
+
+    Also returns the local folder it was read from (the Hub snapshot for Hub ids), where its card lives.
+    """
     if isinstance(source, DatasetDict):
-        return source
+        return source, None
     if isinstance(source, Dataset):
-        return DatasetDict({str(source.split or "train"): source})
+        return DatasetDict({str(source.split or "train"): source}), None
     source = str(source)
     if source in EMBEDDED_DATASETS:
-        return load_dataset(str(EMBEDDED_DIR / source))
+        return load_dataset(str(EMBEDDED_DIR / source)), EMBEDDED_DIR / source
     if os.path.isdir(source):
-        return load_dataset(source, name=config_name)
+        return load_dataset(source, name=config_name), Path(source)
     if os.path.exists(source):
         raise DataError(f"dataset={source!r} is a file; pass a folder in Hub layout or a Hub dataset id")
     if source.count("/") != 1:
@@ -84,7 +93,19 @@ def resolve_dataset(source: str | os.PathLike | Dataset | DatasetDict, config_na
             f"dataset={source!r} could not be fetched from the Hugging Face Hub or found in the Hub cache "
             f"({type(err).__name__}). Check the id, your network, or HF_HUB_OFFLINE."
         ) from err
-    return load_dataset(local, name=config_name)
+    return load_dataset(local, name=config_name), Path(local)
+
+
+def card_license(folder: Path | None, dsd: DatasetDict) -> str | None:
+    """The license a dataset declares: its README card's ``license``, else the ``DatasetInfo``'s."""
+    if folder is not None and (folder / "README.md").is_file():
+        from huggingface_hub import DatasetCard
+
+        declared = DatasetCard.load(folder / "README.md").data.license
+        if declared:
+            return declared if isinstance(declared, str) else ",".join(declared)
+    infos = [ds.info.license for ds in dsd.values() if ds.info.license]
+    return infos[0] if infos else None
 
 
 def find_columns(features, image_column: str | None = None, label_column: str | None = None) -> tuple[str, str]:
@@ -271,6 +292,7 @@ class ImageClassificationData:
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    license: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -336,7 +358,7 @@ def load_image_classification(
     source id), else computed from the training split. ``validation_per_class`` images of every class are
     carved out of the training split (seeded) for model selection; the test split is never used for that.
     """
-    dsd = resolve_dataset(source, config_name)
+    dsd, folder = resolve_dataset(source, config_name)
     if name is None:
         name = str(source).rstrip("/").split("/")[-1] if isinstance(source, (str, os.PathLike)) else "dataset"
     for field_name, split in (("train_split", train_split), ("test_split", test_split)):
@@ -397,4 +419,5 @@ def load_image_classification(
         if test_shape != image_shape:
             raise DataError(f"test images are {test_shape} but train images are {image_shape}; set image_size")
         test = RealImageStore(test_source, test_labels, num_classes, mean, std, image_shape)
-    return ImageClassificationData(name, train, test, validation, class_names, tuple(mean), tuple(std))
+    return ImageClassificationData(name, train, test, validation, class_names, tuple(mean), tuple(std),
+                                   card_license(folder, dsd))

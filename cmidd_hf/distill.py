@@ -44,8 +44,8 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf."""
 
 
-class SyntheticSet(nn.Module):
-    """Class-sorted synthetic images (normalized space) and their labels: ``ipc`` images per class."""
+class SyntheticImages(nn.Module):
+    """The learnable synthetic images (normalized space) and their labels, ``ipc`` per class, class-sorted."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, ipc: int, num_classes: int) -> None:
         super().__init__()
@@ -56,13 +56,13 @@ class SyntheticSet(nn.Module):
         self.ipc, self.num_classes = ipc, num_classes
 
     @classmethod
-    def from_real(cls, store: RealImageStore, ipc: int, seed: int) -> SyntheticSet:
+    def from_real(cls, store: RealImageStore, ipc: int, seed: int) -> SyntheticImages:
         """Random distinct real images of every class (the official ``--init real``)."""
         images = torch.cat([store.sample(c, ipc, generator(seed, "init", c)) for c in range(store.num_classes)])
         return cls(images, _class_sorted_labels(store.num_classes, ipc), ipc, store.num_classes)
 
     @classmethod
-    def from_noise(cls, store: RealImageStore, ipc: int, seed: int) -> SyntheticSet:
+    def from_noise(cls, store: RealImageStore, ipc: int, seed: int) -> SyntheticImages:
         """Standard-normal images (in normalized space)."""
         shape = (store.num_classes * ipc, *store.image_shape)
         images = torch.randn(shape, generator=generator(seed, "init-noise"))
@@ -134,7 +134,7 @@ class Distiller:
     def __init__(
         self,
         accelerator: Accelerator,
-        synthetic: SyntheticSet,
+        synthetic: SyntheticImages,
         objective: DistillationObjective,
         regularizer: CMIRegularizer | None,
         iterations: int,
@@ -270,7 +270,7 @@ class Distiller:
     def _on_signal(self, signum, _frame) -> None:
         self._stop_signal = signum
 
-    def run(self, resume_from_checkpoint: str | None = None) -> SyntheticSet:
+    def run(self, resume_from_checkpoint: str | None = None) -> SyntheticImages:
         """Distill until ``iterations`` steps are done; returns the full synthetic set (on every process)."""
         if resume_from_checkpoint:
             path = self.load_checkpoint(resume_from_checkpoint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Dataset
@@ -21,16 +22,18 @@ def write_hub_dataset(
     splits: dict[str, Dataset],
     out_dir: str | os.PathLike,
     card_data: DatasetCardData,
-    body: str,
+    render: Callable[[DatasetCardData], DatasetCard],
     config_name: str = "default",
     extra_files: dict[str, str | os.PathLike] | None = None,
     replace_folder: bool = True,
 ) -> Path:
     """Write ``splits`` as ``<data_dir>/<split>-00000-of-00001.parquet`` plus a README dataset card.
 
-    ``card_data`` receives ``dataset_info`` and ``configs`` like ``push_to_hub`` writes them; ``extra_files``
-    maps names inside the folder to files copied in (e.g. ``grid.png``). With ``replace_folder`` the whole
-    ``out_dir`` is replaced atomically; otherwise only the data folder and README are (other files stay).
+    ``card_data`` receives this config's ``dataset_info`` and ``configs`` entries like ``push_to_hub`` writes
+    them (entries of other configs already in ``card_data`` are kept); ``render`` turns the merged metadata
+    into the card. ``extra_files`` maps paths inside the folder to files copied in (e.g. ``grid.png``). With
+    ``replace_folder`` the whole ``out_dir`` is replaced atomically; otherwise only this config's data folder,
+    the README and the extra files are (other files and configs stay).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -54,19 +57,20 @@ def write_hub_dataset(
                            splits=split_dict)
         DatasetInfosDict({config_name: info}).to_dataset_card_data(card_data)
         MetadataConfigs({config_name: {"data_files": data_files}}).to_dataset_card_data(card_data)
-        DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}").save(staging / "README.md")
+        render(card_data).save(staging / "README.md")
         for name, src in (extra_files or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, staging / name)
         if replace_folder:
             replace_dir(staging, out_dir)
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
-            for entry in staging.iterdir():
-                target = out_dir / entry.name
-                if entry.is_dir():
-                    replace_dir(entry, target)
-                else:
-                    os.replace(entry, target)
+            for entry in staging.rglob("*"):
+                relative = entry.relative_to(staging)
+                if entry.is_file() and relative.parts[0] != data_dir:  # the data folder is swapped whole
+                    (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(entry, out_dir / relative)
+            replace_dir(staging / data_dir, out_dir / data_dir)
             shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

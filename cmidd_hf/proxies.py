@@ -2,8 +2,10 @@
 
 A proxy spec is one of
 
-* a timm name (``"resnet18.a1_in1k"``: timm's pretrained weights), ``"hf-hub:org/name"`` or
+* a timm name (``"resnet18.a1_in1k"``: timm's pretrained weights), ``"hf-hub:org/name[@revision]"`` or
   ``"local-dir:/path"`` (timm Hub format, e.g. written by ``scripts/pretrain_proxies.py``);
+* a collection of K proxy repos as one entry with a numeric range: ``"hf-hub:org/cifar10-proxy-{0..3}"`` is
+  ``org/cifar10-proxy-0`` ... ``org/cifar10-proxy-3`` (what ``pretrain_proxies.py --push_to_hub`` creates);
 * ``"transformers:org/name"``: a ``transformers`` image classifier; its feature is the pooled last hidden state;
 * a mapping ``{"train": {...}}``: K proxies trained on the real training split the first time and cached
   (``arch``, ``count``, ``epochs``, ``lr``, ``momentum``, ``weight_decay``, ``batch_size``, ``seed``).
@@ -11,9 +13,10 @@ A proxy spec is one of
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -125,7 +128,10 @@ def train_proxy(
 
 def save_proxy(model: nn.Module, out_dir: str | os.PathLike, data: ImageClassificationData,
                spec: ProxyTrainingSpec, index: int, accuracy: float | None, dataset_id: str) -> Path:
-    """Save a proxy in timm Hub format (config.json, model.safetensors, README model card), atomically."""
+    """Save a proxy in timm Hub format (config.json, model.safetensors, README model card), atomically.
+
+    The card's YAML holds ``model-index`` (test accuracy) and the training recipe (``training:``); no pickle.
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -138,9 +144,6 @@ def save_proxy(model: nn.Module, out_dir: str | os.PathLike, data: ImageClassifi
             data_config={"input_size": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
                          "crop_pct": 1.0, "interpolation": "bilinear"},
         )
-        (staging / "training.json").write_text(json.dumps(
-            {**asdict(spec), "index": index, "seed": spec.seed + index, "dataset": dataset_id,
-             "test_accuracy": accuracy}, indent=2))
         (staging / "README.md").write_text(proxy_model_card(spec, index, accuracy, dataset_id, data))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -149,6 +152,21 @@ def save_proxy(model: nn.Module, out_dir: str | os.PathLike, data: ImageClassifi
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def push_proxy(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None):
+    """Push a saved proxy as a timm model repo: ``create_repo`` + one commit of config.json, model.safetensors
+    and README.md (nothing else; no pickle). ``token``: None uses ``HF_TOKEN`` or the login token."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    missing = [name for name in PROXY_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ProxyError(f"{folder} is not a saved proxy: {missing} missing (save it with save_proxy)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                             allow_patterns=list(PROXY_FILES), commit_message=f"Upload proxy {folder.name}")
 
 
 def proxy_model_card(spec: ProxyTrainingSpec, index: int, accuracy: float | None, dataset_id: str,
@@ -162,14 +180,17 @@ def proxy_model_card(spec: ProxyTrainingSpec, index: int, accuracy: float | None
     if accuracy is not None:
         results = [EvalResult(task_type="image-classification", dataset_type=dataset_id, dataset_name=data.name,
                               dataset_split="test", metric_type="accuracy", metric_value=round(accuracy, 6))]
-    card_data = ModelCardData(library_name="timm", license="mit", tags=["image-classification", "timm",
-                              "cmidd-hf", "dataset-distillation-proxy"], datasets=[dataset_id],
-                              model_name=name, eval_results=results or None)
+    card_data = ModelCardData(library_name="timm", license=data.license or "other",
+                              tags=["image-classification", "timm", "cmidd-hf", "dataset-distillation-proxy"],
+                              datasets=[dataset_id], model_name=name, eval_results=results or None,
+                              training={**asdict(spec), "index": index, "seed": spec.seed + index,
+                                        "no_augmentation": True})
     accuracy_text = f"{100 * accuracy:.2f} %" if accuracy is not None else "not measured"
     body = f"""# {name}
 
-A proxy network for the class-aware CMI regularizer of [cmidd-hf](https://github.com/ndhg1213/CMIDD)-style
-dataset distillation: `{spec.arch}` trained on `{dataset_id}` (seed {spec.seed + index}).
+A proxy network for the class-aware CMI regularizer of [CMIDD](https://github.com/ndhg1213/CMIDD)-style
+dataset distillation with `cmidd-hf`: `{spec.arch}` trained on `{dataset_id}` (seed {spec.seed + index}).
+License: that of the training data (`{data.license or "see the dataset card"}`).
 
 - Test accuracy: {accuracy_text}
 - Training: SGD lr {spec.lr} (constant), momentum {spec.momentum}, weight decay {spec.weight_decay},
@@ -177,11 +198,60 @@ dataset distillation: `{spec.arch}` trained on `{dataset_id}` (seed {spec.seed +
   (mean {list(data.mean)}, std {list(data.std)}).
 
 ```python
-import timm, cmidd_hf  # importing cmidd_hf registers {spec.arch}
+import timm, cmidd_hf  # importing cmidd_hf registers {spec.arch} with timm
 model = timm.create_model("hf-hub:<this repo>", pretrained=True)
 ```
+
+In a cmidd-hf recipe: `proxies: ["hf-hub:<this repo>"]`, or all K proxies of this series as one entry with a
+range, e.g. `"hf-hub:<org>/{name.rsplit("-", 1)[0]}-{{0..{spec.count - 1}}}"`.
 """
     return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}"))
+
+
+PROXY_FILES = ("config.json", "model.safetensors", "README.md")
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_specs(specs: Sequence[str | Mapping]) -> list[str | Mapping]:
+    """Expand numeric ranges: ``"hf-hub:org/p-{0..3}"`` -> the four repos ``org/p-0`` ... ``org/p-3``."""
+    out: list[str | Mapping] = []
+    for spec in specs:
+        match = _RANGE.search(spec) if isinstance(spec, str) else None
+        if match is None:
+            out.append(spec)
+            continue
+        first, last = int(match.group(1)), int(match.group(2))
+        if last < first:
+            raise ProxyError(f"proxy range {match.group()} in {spec!r} is empty; write {{first..last}}")
+        out += expand_specs([spec[:match.start()] + str(k) + spec[match.end():] for k in range(first, last + 1)])
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(spec: str) -> dict:
+    """Where a loaded proxy came from: repo id and resolved commit for Hub proxies, weight hashes for files."""
+    record: dict = {"name": spec}
+    if spec.startswith("hf-hub:"):
+        from huggingface_hub import snapshot_download
+
+        repo_id, _, revision = spec[len("hf-hub:"):].partition("@")
+        snapshot = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=list(PROXY_FILES)))
+        record.update(repo_id=repo_id, revision=snapshot.name)  # snapshot folders are named by commit hash
+        weights = snapshot / "model.safetensors"
+    elif spec.startswith("local-dir:"):
+        weights = Path(spec[len("local-dir:"):]) / "model.safetensors"
+    else:
+        weights = None
+    if weights is not None and weights.is_file():
+        record["sha256"] = _sha256(weights)
+    return record
 
 
 class ProxyPool(Sequence[nn.Module]):
@@ -190,6 +260,18 @@ class ProxyPool(Sequence[nn.Module]):
     def __init__(self, proxies: Sequence[nn.Module], names: Sequence[str]) -> None:
         self.proxies = [p.eval().requires_grad_(False) for p in proxies]
         self.names = list(names)
+
+    @property
+    def provenance(self) -> list[dict]:
+        """One record per proxy: name, and repo id + commit (Hub) or sha256 of the weights (files)."""
+        records = []
+        for name, proxy in zip(self.names, self.proxies, strict=True):
+            if name.startswith("transformers:"):
+                records.append({"name": name, "repo_id": name[len("transformers:"):],
+                                "revision": getattr(proxy.model.config, "_commit_hash", None)})
+            else:
+                records.append(provenance(name))
+        return records
 
     def __len__(self) -> int:
         return len(self.proxies)
@@ -215,7 +297,7 @@ class ProxyPool(Sequence[nn.Module]):
             raise ProxyError("no proxies given: list at least one proxy (a name, hf-hub:, local-dir:, "
                              "transformers: or a train: spec)")
         models, names = [], []
-        for spec in specs:
+        for spec in expand_specs(specs):
             if isinstance(spec, Mapping):
                 if set(spec) != {"train"}:
                     raise ProxyError(f"a proxy mapping must be {{'train': {{...}}}}, got keys {sorted(spec)}")

@@ -59,6 +59,8 @@ class DistillArguments:
                                                          "the end)"})
     eval_every_runs: int = field(default=1, metadata={"help": "networks per periodic evaluation"})
     eval_at_start: bool = field(default=True, metadata={"help": "with eval_every, also evaluate the initial set"})
+    eval_baseline: bool = field(default=False, metadata={"help": "also evaluate random real subsets of the same "
+                                                                 "IPC (recorded as baselines in the card)"})
     # run
     seed: int = 0
     output_dir: str = "outputs"
@@ -70,6 +72,12 @@ class DistillArguments:
     compile: bool = field(default=True, metadata={"help": "torch.compile the networks (off: no warm-up)"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
     log_every: int = 1
+    # sharing
+    push_to_hub: str | None = field(default=None, metadata={"help": "push the distilled set to this Hub dataset "
+                                                                    "repo (org/name) at the end"})
+    hub_config: str = field(default="default", metadata={"help": "dataset config name of this set (e.g. ipc50 "
+                                                                 "to add it next to an existing default config)"})
+    hub_private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
 
     @property
     def run_dir(self) -> Path:
@@ -115,7 +123,24 @@ def validate(args: DistillArguments) -> None:
             parse_strategy(args.dsa_strategy)
         except ValueError as err:
             raise ConfigError(f"dsa_strategy: {err}") from err
+    if args.push_to_hub is not None:
+        check_can_push(args.push_to_hub)
+    if not args.hub_config or args.hub_config == "data" or "/" in args.hub_config:
+        raise ConfigError(f"hub_config={args.hub_config!r}: use a plain name such as 'default' or 'ipc50'")
     check_writable(args.output_dir)
+
+
+def check_can_push(repo_id: str) -> None:
+    """Fail before distilling if the result could not be pushed: bad repo id, offline mode, or no token."""
+    from huggingface_hub import constants, get_token
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError(f"push_to_hub={repo_id!r}: use the form 'org/name'")
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError("push_to_hub needs the network but HF_HUB_OFFLINE is set; unset it or drop push_to_hub "
+                          "(push later with scripts/push_to_hub.py)")
+    if get_token() is None:
+        raise ConfigError("push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
 
 
 def check_writable(directory: str | os.PathLike) -> None:

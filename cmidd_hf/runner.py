@@ -13,13 +13,14 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
 from . import __version__
-from .cmi import CMIRegularizer, class_aware_cmi
+from .cmi import CMIRegularizer, dataset_cmi
 from .config import ConfigError, to_yaml
 from .data import ImageClassificationData, load_image_classification
-from .distill import Distiller, SyntheticSet, check_compatible, find_checkpoint
-from .evaluation import default_augmentation, evaluate_synthetic
+from .distill import Distiller, SyntheticImages, check_compatible, find_checkpoint
+from .evaluation import default_augmentation, evaluate_random_subset, evaluate_synthetic
+from .hub import SyntheticSet, run_files
 from .methods.dm import DMObjective
-from .outputs import plot_curves, write_synthetic_dataset
+from .outputs import plot_curves
 from .proxies import ProxyPool
 from .recipes import DistillArguments, validate
 
@@ -33,13 +34,9 @@ def fingerprint(args: DistillArguments, data: ImageClassificationData) -> dict:
             "init": args.init, "seed": args.seed}
 
 
-def final_cmi(pool: ProxyPool, images: torch.Tensor, labels: torch.Tensor, space: str) -> float:
-    """Mean over the proxies of the class-aware CMI of the set (the same measure the regularizer uses)."""
-    values = []
-    with torch.no_grad():
-        for proxy in pool:
-            outputs = proxy.forward_head(proxy.forward_features(images), pre_logits=space == "feature")
-            values.append(float(class_aware_cmi(outputs, labels)))
+def set_cmi(pool: ProxyPool, images: torch.Tensor, labels: torch.Tensor, space: str, num_classes: int) -> float:
+    """Mean over the proxies of the class-aware CMI of the set (``dataset_cmi``, also behind the metric)."""
+    values = dataset_cmi(images, labels, list(pool), space=space, num_classes=num_classes)
     return sum(values) / len(values)
 
 
@@ -88,7 +85,7 @@ def run_distillation(args: DistillArguments) -> dict:
                                      precision=args.cmi_precision)
     objective = DMObjective(data.train, args.net_arch, args.batch_real, strategy, args.seed, args.precision,
                             args.compile, device)
-    init = SyntheticSet.from_real if args.init == "real" else SyntheticSet.from_noise
+    init = SyntheticImages.from_real if args.init == "real" else SyntheticImages.from_noise
     synthetic = init(data.train, args.ipc, args.seed)
 
     eval_options = dict(protocol=args.eval_protocol, seed=args.seed, epochs=args.eval_epochs,
@@ -102,8 +99,7 @@ def run_distillation(args: DistillArguments) -> dict:
                                         progress=False, **eval_options)
             record[f"accuracy/{arch}"] = result.mean
         if pool is not None:
-            record["set_cmi"] = final_cmi(
-                pool, images.to(device), labels.to(device), args.cmi_space)
+            record["set_cmi"] = set_cmi(pool, images, labels, args.cmi_space, data.num_classes)
         accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()))
         return record
 
@@ -126,7 +122,13 @@ def run_distillation(args: DistillArguments) -> dict:
             result = evaluate_synthetic(images, labels, data.test, arch=arch, runs=args.eval_runs, **eval_options)
             accelerator.print(f"final accuracy {result}")
             results.append(result.to_dict())
-        cmi = final_cmi(pool, images.to(device), labels.to(device), args.cmi_space) if pool is not None else None
+        baselines = []
+        if args.eval_baseline:
+            for arch in args.eval_archs:
+                baseline = evaluate_random_subset(data, args.ipc, arch=arch, runs=args.eval_runs, **eval_options)
+                accelerator.print(f"baseline (random real ipc {args.ipc}) {baseline}")
+                baselines.append({**baseline.to_dict(), "kind": f"random real subset, ipc {args.ipc}"})
+        cmi = set_cmi(pool, images, labels, args.cmi_space, data.num_classes) if pool is not None else None
         distiller.log_record({"step": args.iterations, "event": "evaluation", "final": True,
                         **{f"accuracy/{r['arch']}": r["mean"] for r in results},
                         **({"final_cmi": cmi} if cmi is not None else {})})
@@ -135,7 +137,7 @@ def run_distillation(args: DistillArguments) -> dict:
             "regularizer": None if regularizer is None else {
                 "name": "class_aware_cmi", "weight": args.cmi_weight, "space": args.cmi_space,
                 "normalization": args.cmi_normalization, "every": args.cmi_every,
-                "proxies": list(pool.names)},
+                "proxies": pool.provenance},
             "ipc": args.ipc, "iterations": args.iterations, "seed": args.seed, "init": args.init,
             "lr_img": args.lr_img, "momentum_img": args.momentum_img, "batch_real": args.batch_real,
             "net_arch": args.net_arch, "dsa_strategy": strategy,
@@ -144,12 +146,19 @@ def run_distillation(args: DistillArguments) -> dict:
             "final_cmi": cmi,
             "library": f"cmidd-hf {__version__}",
             "results": results,
+            **({"baselines": baselines} if baselines else {}),
         }
-        write_synthetic_dataset(run_dir, images, labels, data.class_names, data.mean, data.std, distillation,
-                                source=args.dataset)
+        synthetic_set = SyntheticSet(images, labels, data.class_names, data.mean, data.std, distillation,
+                                     source=args.dataset, license=data.license, config_name=args.hub_config)
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        synthetic_set.save(run_dir)
         summary = {"run_dir": str(run_dir), "results": results, "final_cmi": cmi}
         accelerator.print(f"wrote {run_dir}")
+        if args.push_to_hub:
+            commit = synthetic_set.push_to_hub(args.push_to_hub, private=args.hub_private,
+                                               extra_files=run_files(run_dir))
+            accelerator.print(f"pushed to {getattr(commit, 'commit_url', args.push_to_hub)}")
+            summary["commit"] = getattr(commit, "oid", None)
     accelerator.end_training()
     return summary
 

@@ -23,7 +23,7 @@ import torch
 def measure(ipc: int, with_cmi: bool, precision: str, compile: bool, steps: int, cmi_every: int) -> dict:
     import cmidd_hf  # noqa: F401  (registers resnet18_cifar)
     from cmidd_hf import CMIRegularizer, RealImageStore, build_network
-    from cmidd_hf.distill import SyntheticSet
+    from cmidd_hf.distill import SyntheticImages
     from cmidd_hf.methods import DMObjective
 
     g = torch.Generator().manual_seed(0)
@@ -35,7 +35,7 @@ def measure(ipc: int, with_cmi: bool, precision: str, compile: bool, steps: int,
     if with_cmi:
         proxy = build_network("resnet18_cifar", 10, 3, (32, 32))
         regularizer = CMIRegularizer([proxy], weight=8000, every=cmi_every, precision=precision)
-    synthetic = SyntheticSet.from_real(store, ipc, seed=0)
+    synthetic = SyntheticImages.from_real(store, ipc, seed=0)
     optimizer = torch.optim.SGD([synthetic.images], lr=1.0, momentum=0.5)
     times = []
     for step in range(steps + 2):

@@ -7,8 +7,9 @@ momentum 0.9, weight decay 1e-3, batch 256, 40 epochs, no augmentation, distinct
     python scripts/pretrain_proxies.py --dataset uoft-cs/cifar10 --count 4 --output_dir proxies/cifar10
     python scripts/pretrain_proxies.py --dataset uoft-cs/cifar10 --count 4 --push_to_hub me/cifar10-resnet18-cifar-proxy
 
-Each proxy lands in OUTPUT_DIR/proxy-<k>/ (config.json, model.safetensors, README.md with model-index,
-training.json); with --push_to_hub NAME they are pushed as NAME-<k> timm model repos.
+Each proxy lands in OUTPUT_DIR/proxy-<k>/ (config.json, model.safetensors, README.md with model-index and the
+training recipe); with --push_to_hub NAME they are pushed as the timm model repos NAME-0 ... NAME-<K-1>, which a
+recipe names as one entry: proxies: ["hf-hub:NAME-{0..K-1}"]. The token comes from HF_TOKEN or `hf auth login`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cmidd_hf.config import ConfigError
 from cmidd_hf.data import load_image_classification
-from cmidd_hf.proxies import ProxyTrainingSpec, save_proxy, train_proxy
+from cmidd_hf.proxies import ProxyTrainingSpec, push_proxy, save_proxy, train_proxy
+from cmidd_hf.recipes import check_can_push
 
 
 def main() -> None:
@@ -36,6 +39,11 @@ def main() -> None:
     parser.add_argument("--push_to_hub", default=None, help="push proxy k to the model repo <NAME>-<k>")
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args()
+    if args.push_to_hub:  # fail before training, not after
+        try:
+            check_can_push(args.push_to_hub)
+        except ConfigError as err:
+            parser.error(str(err))
 
     spec = ProxyTrainingSpec.from_mapping({k: getattr(args, k) for k in (
         "arch", "count", "epochs", "lr", "momentum", "weight_decay", "batch_size", "seed")})
@@ -46,14 +54,10 @@ def main() -> None:
         folder = save_proxy(model, out_root / f"proxy-{index}", data, spec, index, accuracy, args.dataset)
         print(f"proxy {index}: test accuracy {100 * accuracy:.2f} % -> {folder}")
         if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            repo_id = f"{args.push_to_hub}-{index}"
-            api = HfApi()
-            api.create_repo(repo_id, repo_type="model", private=args.private, exist_ok=True)
-            api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                              commit_message=f"Upload {args.arch} proxy {index}")
-            print(f"pushed {folder} to https://huggingface.co/{repo_id}")
+            commit = push_proxy(folder, f"{args.push_to_hub}-{index}", private=args.private)
+            print(f"pushed {folder}: {commit.commit_url}")
+    if args.push_to_hub:
+        print(f'use them in a recipe as: proxies: ["hf-hub:{args.push_to_hub}-{{0..{spec.count - 1}}}"]')
 
 
 if __name__ == "__main__":

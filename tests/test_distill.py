@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from datasets import load_dataset
 
 from cmidd_hf import CMIRegularizer, load_image_classification
-from cmidd_hf.distill import Distiller, NonFiniteLossError, ResumeError, SyntheticSet
+from cmidd_hf.distill import Distiller, NonFiniteLossError, ResumeError, SyntheticImages
 from cmidd_hf.methods import DMObjective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def mnist():
 def make_distiller(mnist, out, iterations=6, objective=None, regularizer=None, **kwargs):
     objective = objective or DMObjective(mnist.train, batch_real=8, dsa_strategy="color_crop_cutout_scale_rotate",
                                          seed=1, precision="fp32")
-    synthetic = SyntheticSet.from_real(mnist.train, 2, seed=1)
+    synthetic = SyntheticImages.from_real(mnist.train, 2, seed=1)
     fingerprint = {"dataset": "mnist-5k", "ipc": 2, "method": "dm"}
     return Distiller(Accelerator(cpu=True), synthetic, objective, regularizer, iterations, lr=1.0, momentum=0.5,
                      output_dir=out, fingerprint=fingerprint, progress=False, **kwargs)
@@ -62,7 +62,7 @@ def test_dm_network_reinitialized_in_place_from_seed(mnist):
 
 def test_dm_per_class_losses_add_up(mnist):
     objective = DMObjective(mnist.train, batch_real=4, seed=0, precision="fp32")
-    images = SyntheticSet.from_real(mnist.train, 2, 0).images
+    images = SyntheticImages.from_real(mnist.train, 2, 0).images
     whole = objective.loss(images, 2, range(10), step=3)
     parts = objective.loss(images, 2, range(5), step=3) + objective.loss(images, 2, range(5, 10), step=3)
     assert torch.allclose(whole, parts, rtol=1e-5)

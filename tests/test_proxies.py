@@ -26,9 +26,9 @@ def saved_proxy(mnist, tmp_path):
 
 def test_saved_proxy_is_timm_hub_format_with_model_index(saved_proxy):
     _, folder = saved_proxy
-    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md", "training.json"}
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
     meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
-    assert meta["library_name"] == "timm" and meta["license"] == "mit"
+    assert meta["library_name"] == "timm" and meta["license"] == "cc-by-sa-3.0" and meta["training"]["seed"] == 0
     (result,) = meta["model-index"][0]["results"]
     assert result["metrics"][0]["value"] == 0.875 and result["dataset"]["type"] == "mnist-5k"
 

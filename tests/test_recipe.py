@@ -37,7 +37,7 @@ def test_outputs_are_a_hub_layout_dataset_with_card(finished_run):
     assert ds.features["pixel_values"].shape == (1, 28, 28) and ds.features["pixel_values"].dtype == "float32"
     card = DatasetCard.load(finished_run / "README.md")
     meta = yaml.safe_load((finished_run / "README.md").read_text().split("---")[1])
-    block = meta["distillation"]
+    block = meta["distillation"]["default"]
     assert block["method"] == "dm" and block["ipc"] == 2 and block["iterations"] == 4
     assert block["regularizer"]["weight"] == 10 and len(block["regularizer"]["proxies"]) == 2
     assert block["normalization"] == {"mean": [0.1307], "std": [0.3081]}
@@ -68,7 +68,7 @@ def test_resume_latest_continues_and_refuses_changed_ipc(finished_run, tmp_path_
     tmp_path = finished_run.parents[1]
     assert main_entry(argv(tmp_path, "--iterations", "6", "--resume_from_checkpoint", "latest"), None) == 0
     meta = yaml.safe_load((finished_run / "README.md").read_text().split("---")[1])
-    assert meta["distillation"]["iterations"] == 6
+    assert meta["distillation"]["default"]["iterations"] == 6
 
 
 def test_config_defaults_cli_overrides_and_unknown_keys(tmp_path):

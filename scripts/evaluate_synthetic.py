@@ -1,0 +1,150 @@
+"""Evaluate any distilled set: train fresh networks on it and test them on the real test split.
+
+    python scripts/evaluate_synthetic.py outputs/mnist-5k-dm-cmi-ipc10 --arch convnet3 alexnet_cifar \\
+        vgg11_cifar resnet18_cifar --protocol dsa --runs 5 --update-card
+    python scripts/evaluate_synthetic.py your-org/cifar10-dm-cmi-ipc10 --arch convnet3 --update-card --push
+    python scripts/evaluate_synthetic.py res_DM_CIFAR10_ConvNet_10ipc.pt --normalized --dataset uoft-cs/cifar10
+    python scripts/evaluate_synthetic.py images_best.pt --labels labels_best.pt --normalized --dataset uoft-cs/cifar10
+    python scripts/evaluate_synthetic.py syn_data/ --dataset uoft-cs/cifar10 --save outputs/imported
+
+SOURCE is a folder written by cmidd-hf (or any Hub-layout image dataset), a Hub dataset repo id, a ``.pt`` file
+of the DC/DSA/DM, IDC or MTT repos (say whether its tensors are ``--normalized`` or ``--pixels`` in [0, 1]), or
+an image folder with one sub-folder per class (SRe2L / DD-Ranking style). ``--update-card`` records the results
+in the set's card (a folder is rewritten in place; a repo is re-pushed with ``--push``); ``--save DIR`` writes an
+imported set, with its results, as a Hub-layout folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cmidd_hf import evaluate_random_subset, evaluate_synthetic, load_image_classification
+from cmidd_hf.config import ConfigError
+from cmidd_hf.data import DataError
+from cmidd_hf.evaluation import PROTOCOLS, default_augmentation
+from cmidd_hf.hub import SyntheticSet, load_synthetic
+from cmidd_hf.interop import load_imagefolder, load_pt
+from cmidd_hf.recipes import check_can_push
+
+
+def source_kind(source: str) -> str:
+    path = Path(source)
+    if path.is_file():
+        if path.suffix not in (".pt", ".pth"):
+            raise DataError(f"{source}: a file must be a .pt/.pth tensor file")
+        return "pt"
+    if path.is_dir():
+        return "folder" if (path / "README.md").is_file() or any(path.glob("*/*.parquet")) else "imagefolder"
+    if source.count("/") == 1 and not source.startswith((".", "/")):
+        return "repo"
+    raise DataError(f"SOURCE={source!r} is not a file, a folder or a Hub repo id 'org/name'")
+
+
+def load_source(args, kind: str) -> tuple[SyntheticSet, object]:
+    """The set and the real dataset it is evaluated against (checked to match)."""
+    if kind in ("folder", "repo"):
+        synthetic = load_synthetic(args.source, config=args.config)
+        dataset = args.dataset or synthetic.source
+        if dataset is None:
+            raise DataError(f"{args.source} does not name its source dataset; pass --dataset")
+        data = load_image_classification(dataset, config_name=args.dataset_config)
+    else:
+        if args.dataset is None:
+            raise DataError(f"--dataset is needed to evaluate a {kind} source (the real data it was distilled from)")
+        data = load_image_classification(args.dataset, config_name=args.dataset_config)
+        common = dict(class_names=data.class_names, mean=data.mean, std=data.std, source=args.dataset)
+        if kind == "pt":
+            normalized = True if args.normalized else (False if args.pixels else None)
+            synthetic = load_pt(args.source, normalized=normalized, labels_path=args.labels,
+                                experiment=args.experiment, **common)
+        else:
+            synthetic = load_imagefolder(args.source, **common)
+    if synthetic.num_classes != data.num_classes or synthetic.image_shape != data.image_shape:
+        raise DataError(f"the set has {synthetic.num_classes} classes of {synthetic.image_shape} images but "
+                        f"{data.name} has {data.num_classes} of {data.image_shape}; pass the right --dataset")
+    return synthetic, data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="folder, Hub repo id, .pt file or image folder")
+    parser.add_argument("--config", default=None, help="dataset config of a folder/repo with several (e.g. ipc50)")
+    parser.add_argument("--dataset", default=None, help="real dataset (default: the card's source dataset)")
+    parser.add_argument("--dataset_config", default=None)
+    parser.add_argument("--arch", nargs="+", default=["convnet3"])
+    parser.add_argument("--protocol", default="dsa", choices=sorted(PROTOCOLS))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline", action="store_true", help="also random real subsets of the same IPC")
+    space = parser.add_mutually_exclusive_group()
+    space.add_argument("--normalized", action="store_true", help=".pt tensors are normalized (research repos)")
+    space.add_argument("--pixels", action="store_true", help=".pt tensors are [0, 1] pixels")
+    parser.add_argument("--labels", default=None, help=".pt file of labels (MTT's labels_best.pt)")
+    parser.add_argument("--experiment", type=int, default=-1, help="which experiment of a DC/DM 'data' list")
+    parser.add_argument("--update-card", dest="update_card", action="store_true",
+                        help="record the results in the set's card")
+    parser.add_argument("--push", action="store_true", help="with --update-card on a repo: re-push it")
+    parser.add_argument("--save", type=Path, default=None, help="write the set (with results) as a Hub-layout folder")
+    parser.add_argument("--no_compile", action="store_true", help="skip torch.compile (no warm-up)")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    args = parser.parse_args(argv)
+    try:
+        kind = source_kind(args.source)
+        if args.update_card and kind in ("pt", "imagefolder"):
+            raise ConfigError(f"--update-card: a {kind} source has no card; use --save DIR to write one")
+        if args.update_card and kind == "repo" and not args.push:
+            raise ConfigError("--update-card on a Hub repo re-pushes it: add --push (or --save DIR for a local copy)")
+        if args.push:
+            if kind != "repo":
+                raise ConfigError("--push applies to a Hub repo source; push folders with scripts/push_to_hub.py")
+            check_can_push(args.source)
+        if args.runs < 1:
+            raise ConfigError(f"--runs={args.runs}: must be >= 1")
+        synthetic, data = load_source(args, kind)
+    except (ConfigError, DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    augmentation = default_augmentation(data.name) if args.protocol != "idc" else None
+    options = dict(protocol=args.protocol, runs=args.runs, seed=args.seed, epochs=args.epochs,
+                   augmentation=augmentation, precision=args.precision, compile=not args.no_compile)
+    # train in the evaluation data's normalization; the set itself (saved with --update-card) stays exact
+    train_set = synthetic if (synthetic.mean, synthetic.std) == (data.mean, data.std) else \
+        synthetic.renormalized(data.mean, data.std)
+    results = [evaluate_synthetic(train_set.images, train_set.labels, data.test, arch=arch, **options)
+               for arch in args.arch]
+    baselines = []
+    if args.baseline:
+        if synthetic.ipc is None:
+            print("no baseline: the set has unequal images per class", file=sys.stderr)
+        else:
+            baselines = [evaluate_random_subset(data, synthetic.ipc, arch=arch, **options) for arch in args.arch]
+    print(f"\n{args.source} ({len(synthetic.labels)} images, {synthetic.num_classes} classes) on {data.name} test:")
+    print(f"{'set':<12} {'architecture':<16} {'protocol':<9} {'epochs':>6} {'runs':>4}  accuracy (%)    per run (%)")
+    for name, rows in (("distilled", results), (f"random ipc{synthetic.ipc}", baselines)):
+        for r in rows:
+            per_run = ", ".join(f"{100 * a:.1f}" for a in r.accuracies)
+            print(f"{name:<12} {r.arch:<16} {r.protocol:<9} {r.epochs:>6} {r.runs:>4}  "
+                  f"{100 * r.mean:6.2f} ± {100 * r.std:4.2f}   [{per_run}]")
+
+    synthetic.record_results(results)
+    if baselines:
+        synthetic.record_results([{**b.to_dict(), "kind": f"random real subset, ipc {synthetic.ipc}"}
+                                  for b in baselines], kind="baselines")
+    if args.update_card and kind == "folder":
+        synthetic.save(args.source)
+        print(f"updated the card of {args.source}")
+    if args.update_card and kind == "repo":
+        commit = synthetic.push_to_hub(args.source, commit_message="Update results (scripts/evaluate_synthetic.py)")
+        print(f"pushed the updated card: {commit.commit_url}")
+    if args.save is not None:
+        synthetic.save(args.save)
+        print(f"wrote {args.save}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
