@@ -22,6 +22,8 @@ class FakeHub:
     huggingface_hub code, offline, against that cache (layout: ``<type>s--org--name/{refs/main,snapshots/<sha>}``).
     """
 
+    token = FAKE_TOKEN
+
     def __init__(self, cache: Path) -> None:
         self.cache = cache
         self.created: list[dict] = []

@@ -13,8 +13,6 @@ from cmidd_hf import SyntheticSet, load_imagefolder, load_pt, load_synthetic
 from cmidd_hf.data import DataError
 from cmidd_hf.outputs import to_uint8_images
 
-from conftest import FAKE_TOKEN
-
 NAMES = [str(d) for d in range(10)]
 MEAN, STD = (0.1307,), (0.3081,)
 RESULT = {"arch": "convnet3", "protocol": "dsa", "epochs": 3, "runs": 2, "accuracies": [0.5, 0.625],
@@ -26,8 +24,8 @@ def make_set(ipc=2, seed=0, config_name="default", **block) -> SyntheticSet:
     images = torch.randn(10 * ipc, 1, 28, 28, generator=g) * 1.5  # values outside [0, 1] after de-normalizing
     distillation = {"method": "dm", "ipc": ipc, "iterations": 5, "seed": seed,
                     "regularizer": {"name": "class_aware_cmi", "weight": 10.0, "space": "feature",
-                                    "normalization": "global",
-                                    "proxies": [{"name": "hf-hub:org/p-0", "repo_id": "org/p-0", "revision": "a" * 40}]},
+                                    "normalization": "global", "proxies": [
+                                        {"name": "hf-hub:org/p-0", "repo_id": "org/p-0", "revision": "a" * 40}]},
                     "results": [RESULT], **block}
     return SyntheticSet(images, torch.arange(10).repeat_interleave(ipc), NAMES, MEAN, STD, distillation,
                         source="mnist-5k", license="cc-by-sa-3.0", config_name=config_name)
@@ -107,13 +105,13 @@ def test_bad_sets_are_refused():
 def test_push_is_one_create_repo_and_one_commit_of_exactly_the_set(fake_hub, tmp_path):
     curves = tmp_path / "curves.png"
     curves.write_bytes(b"png")
-    commit = make_set().push_to_hub("org/mnist-dm-cmi", token=FAKE_TOKEN, extra_files={"curves.png": curves})
+    commit = make_set().push_to_hub("org/mnist-dm-cmi", token=fake_hub.token, extra_files={"curves.png": curves})
     assert fake_hub.created == [{"repo_id": "org/mnist-dm-cmi", "repo_type": "dataset", "private": False,
-                                 "exist_ok": True, "token": FAKE_TOKEN}]
+                                 "exist_ok": True, "token": fake_hub.token}]
     (upload,) = fake_hub.commits
     assert upload["repo_type"] == "dataset" and commit.commit_url.endswith("/commit/1")
     assert upload["files"] == ["README.md", "curves.png", "data/train-00000-of-00001.parquet", "grid.png"]
-    assert not any(FAKE_TOKEN.encode() in content for content in upload["contents"].values())
+    assert not any(fake_hub.token.encode() in content for content in upload["contents"].values())
     assert "cmidd_hf.load_synthetic(\"org/mnist-dm-cmi\")" in upload["contents"]["README.md"].decode()
 
 

@@ -8,7 +8,15 @@ import torch
 import yaml
 
 from cmidd_hf import build_network, load_image_classification
-from cmidd_hf.proxies import ProxyError, ProxyPool, ProxyTrainingSpec, cached_or_trained, save_proxy
+from cmidd_hf.proxies import (
+    ProxyError,
+    ProxyPool,
+    ProxyTrainingSpec,
+    cached_or_trained,
+    expand_specs,
+    push_proxy,
+    save_proxy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +89,37 @@ def test_train_spec_is_trained_once_then_cached(mnist, tmp_path):
     assert torch.equal(first[0][1](x), second[0][1](x))
     with pytest.raises(ProxyError, match="unknown keys"):
         ProxyTrainingSpec.from_mapping({"arch": "convnet3", "lr_max": 1})
+
+
+def test_a_proxy_collection_is_one_range_entry_with_recorded_revisions(saved_proxy, mnist, fake_hub):
+    model, folder = saved_proxy
+    for k in range(2):
+        fake_hub.publish(f"org/mnist-convnet3-proxy-{k}", folder, repo_type="model")
+    pool = ProxyPool.from_pretrained(["hf-hub:org/mnist-convnet3-proxy-{0..1}", f"local-dir:{folder}"], mnist)
+    assert pool.names == ["hf-hub:org/mnist-convnet3-proxy-0", "hf-hub:org/mnist-convnet3-proxy-1",
+                          f"local-dir:{folder}"]
+    x = mnist.test.images(torch.arange(4))
+    assert all(torch.equal(proxy(x), model(x)) for proxy in pool)
+    first, second, local = pool.provenance
+    assert first["repo_id"] == "org/mnist-convnet3-proxy-0"
+    assert first["revision"] == fake_hub.snapshot("org/mnist-convnet3-proxy-0", "model").name
+    assert len(first["revision"]) == 40 and first["sha256"] == second["sha256"] == local["sha256"]
+    assert expand_specs(["a-{2..3}-b-{0..1}", {"train": {}}]) == ["a-2-b-0", "a-2-b-1", "a-3-b-0", "a-3-b-1",
+                                                                 {"train": {}}]
+    with pytest.raises(ProxyError, match="is empty"):
+        expand_specs(["p-{3..1}"])
+
+
+def test_push_proxy_uploads_only_the_timm_files(saved_proxy, fake_hub):
+    _, folder = saved_proxy
+    (folder / "notes.pkl").write_bytes(b"pickle")  # anything else in the folder stays local
+    commit = push_proxy(folder, "org/mnist-convnet3-proxy-0")
+    assert fake_hub.created[0]["repo_type"] == "model" and fake_hub.created[0]["exist_ok"]
+    (upload,) = fake_hub.commits
+    assert upload["files"] == ["README.md", "config.json", "model.safetensors"] and commit.oid
+    import timm
+
+    reloaded = timm.create_model("hf-hub:org/mnist-convnet3-proxy-0", pretrained=True)
+    assert reloaded.num_classes == 10
+    with pytest.raises(ProxyError, match="not a saved proxy"):
+        push_proxy(folder.parent, "org/x")

@@ -1,5 +1,6 @@
 """recipes/distill_dm.py end to end (outputs, card) and its refusals of bad input."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
 from cmidd_hf.config import ConfigError, parse_args
+from cmidd_hf.hub import load_synthetic
 from cmidd_hf.recipes import DistillArguments
 from cmidd_hf.runner import main_entry
 
@@ -93,6 +95,8 @@ def test_config_defaults_cli_overrides_and_unknown_keys(tmp_path):
         (["--proxies", "resnet18_cifar_bn"], "proxy 'resnet18_cifar_bn' could not be loaded"),
         (["--resume_from_checkpoint", "latest"], "holds no checkpoint"),
         (["--dsa_strategy", "color_blur"], "dsa_strategy"),
+        (["--push_to_hub", "no-namespace"], "push_to_hub='no-namespace': use the form 'org/name'"),
+        (["--hub_config", "data"], "hub_config='data'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, extra, message):
@@ -118,3 +122,74 @@ def test_unwritable_output_dir(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert main_entry(["--config", str(TINY), "--output_dir", str(blocker / "sub")], None) == 2
     assert "output_dir=" in capsys.readouterr().err
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_output_pushes_loads_back_and_evaluates_on_four_architectures(finished_run, fake_hub, monkeypatch,
+                                                                          capsys):
+    """The 'done' flow: push a run's folder, load it by repo id, evaluate 4 architectures, see the card updated."""
+    push, evaluate = load_script("push_to_hub"), load_script("evaluate_synthetic")
+    for script in (push, evaluate):  # the fake Hub is offline by design; check_can_push is tested on its own
+        monkeypatch.setattr(script, "check_can_push", lambda repo_id: None)
+    repo = "org/mnist-5k-dm-cmi-ipc2"
+    assert push.main([str(finished_run), repo]) == 0
+    (upload,) = fake_hub.commits
+    assert upload["files"] == ["README.md", "config.yaml", "curves.png", "data/train-00000-of-00001.parquet",
+                               "grid.png", "metrics.jsonl"]  # no checkpoints, no logs
+    local, remote = load_synthetic(finished_run), load_synthetic(repo)
+    assert torch.equal(local.images, remote.images) and remote.results == local.results
+
+    archs = ["convnet3", "alexnet_cifar", "vgg11_cifar", "resnet18_cifar"]
+    assert evaluate.main([repo, "--arch", *archs, "--epochs", "1", "--runs", "1", "--no_compile",
+                          "--update-card", "--push"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"distilled    {arch:<16} dsa" in out for arch in archs)
+    updated = load_synthetic(repo)
+    assert [r["arch"] for r in updated.results if r["epochs"] == 1] == archs
+    assert any(r["epochs"] == 2 for r in updated.results)  # the recipe's own result is kept
+    assert torch.equal(updated.images, local.images)
+    assert "| default | set | resnet18_cifar | dsa | 1 | 1 |" in fake_hub.commits[-1]["contents"]["README.md"].decode()
+
+
+def test_evaluate_script_imports_pt_and_refuses_unclear_input(tmp_path, capsys):
+    evaluate = load_script("evaluate_synthetic")
+    mnist = load_dataset(str(ROOT / "cmidd_hf" / "datasets" / "mnist-5k"), split="train").with_format("torch")
+    pixels = mnist.select(range(0, 4000, 200))  # 20 real images, class-mixed
+    order = torch.argsort(pixels["label"][:], stable=True)
+    images = (pixels["image"][:].float().reshape(20, 1, 28, 28) / 255)[order]
+    torch.save([images, pixels["label"][:][order]], tmp_path / "idc.pt")
+    assert evaluate.main([str(tmp_path / "idc.pt"), "--dataset", "mnist-5k"]) == 2
+    assert "say whether the tensors are normalized" in capsys.readouterr().err
+    assert evaluate.main([str(tmp_path / "idc.pt"), "--dataset", "mnist-5k", "--update-card"]) == 2
+    assert "use --save DIR" in capsys.readouterr().err
+    assert evaluate.main(["org/some-set", "--update-card"]) == 2
+    assert "add --push" in capsys.readouterr().err
+    assert evaluate.main([str(tmp_path / "idc.pt"), "--dataset", "mnist-5k", "--pixels", "--epochs", "1",
+                          "--runs", "1", "--no_compile", "--save", str(tmp_path / "imported")]) == 0
+    saved = load_synthetic(tmp_path / "imported")
+    assert saved.results[0]["arch"] == "convnet3" and saved.distillation["imported_from"].endswith("idc.pt")
+    assert torch.allclose(saved.denormalized(), images, atol=1e-6)
+
+
+def test_push_is_checked_before_any_work(monkeypatch):
+    from huggingface_hub import constants
+
+    from cmidd_hf.recipes import check_can_push
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):
+        check_can_push("org/name")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", "/nonexistent/token")
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", "/nonexistent/stored_tokens")
+    with pytest.raises(ConfigError, match="needs a Hugging Face token"):
+        check_can_push("org/name")
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    check_can_push("org/name")
