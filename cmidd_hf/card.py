@@ -141,7 +141,7 @@ def build_card_data(
 
 
 def results_table(rows: list[tuple[str, Mapping]], kind: str) -> str:
-    lines = [f"| config | {kind} | architecture | protocol | epochs | runs | accuracy (%) | per run (%) |",
+    lines = ["| config | trained on | architecture | protocol | epochs | runs | accuracy (%) | per run (%) |",
              "|---|---|---|---|---|---|---|---|"]
     for config, r in rows:
         runs = ", ".join(f"{100 * a:.1f}" for a in r["accuracies"])
@@ -175,9 +175,9 @@ def card_body(card_data: DatasetCardData, repo_id: str | None = None) -> str:
     name = repo_id or "<this repo or folder>"
     results = [(c, r) for c, b in blocks.items() for r in b.get("results") or []]
     baselines = [(c, r) for c, b in blocks.items() for r in b.get("baselines") or []]
-    table = results_table(results, "set") if results else "_No evaluation recorded yet._"
+    table = results_table(results, "distilled set") if results else "_No evaluation recorded yet._"
     if baselines:
-        table += "\n\nBaselines (real images, same protocol):\n\n" + results_table(baselines, "baseline")
+        table += "\n\nBaselines (real images, same protocol):\n\n" + results_table(baselines, "real images")
     grids = "\n".join(f"![{c}: synthetic images, one row per class]({asset_prefix(c)}grid.png)" for c in blocks)
     first = next(iter(blocks), "default")
     config_arg = "" if first == "default" else f", config={first!r}"
@@ -207,7 +207,7 @@ over runs):
 ## Use
 
 ```python
-import cmidd_hf   # pip install cmidd-hf
+import cmidd_hf
 
 syn = cmidd_hf.load_synthetic("{name}"{config_arg})  # exact float tensors, labels, class names, card
 real = cmidd_hf.load_image_classification("{source}")

@@ -257,8 +257,9 @@ class Distiller:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
-                             step=record["step"])
+        numbers = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        self.accelerator.log(numbers, step=record["step"])
 
     def _run_evaluation(self) -> None:
         self.synchronize()

@@ -177,6 +177,9 @@ def _cutmix(x, y, generator):
 # ------------------------------------------------------------------------------------------ the trainer
 
 
+RECOMPILE_LIMIT = 64
+
+
 class NetworkTrainer:
     """Trains and tests fresh networks of one architecture, reusing one (compiled) module across runs."""
 
@@ -209,6 +212,13 @@ class NetworkTrainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits under autocast. Every architecture built on ``FeatureClassifier`` shares one
+        ``forward`` code object, so dynamo's per-code recompile limit (8) is raised here: evaluating several
+        architectures (x train/eval, x last partial batch) must not silently fall back to eager."""
+        with self._autocast(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return self.forward(x)
+
     def reset(self, seed: int) -> None:
         """Give the persistent module the exact initialization a newly built network of ``seed`` has."""
         self.model.load_state_dict(self._fresh(seed).state_dict())
@@ -232,9 +242,7 @@ class NetworkTrainer:
                 if p.cutmix_prob > 0 and float(torch.rand((), generator=generator)) < p.cutmix_prob:
                     x, partner, lam = _cutmix(x, y, generator)
                 x = x.contiguous(memory_format=self.memory_format)
-                with self._autocast():
-                    logits = self.forward(x)
-                logits = logits.float()
+                logits = self._run(x).float()
                 loss = F.cross_entropy(logits, y)
                 if partner is not None:
                     loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner)
@@ -253,8 +261,7 @@ class NetworkTrainer:
         for start in range(0, len(store), batch_size):
             pos = torch.arange(start, min(start + batch_size, len(store)))
             x = store.images(pos, self.device).contiguous(memory_format=self.memory_format)
-            with self._autocast():
-                pred = self.forward(x).argmax(dim=1)
+            pred = self._run(x).argmax(dim=1)
             correct += int((pred.cpu() == store.labels[pos]).sum())
         return correct / len(store)
 

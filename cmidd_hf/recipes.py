@@ -123,6 +123,12 @@ def validate(args: DistillArguments) -> None:
             parse_strategy(args.dsa_strategy)
         except ValueError as err:
             raise ConfigError(f"dsa_strategy: {err}") from err
+    if args.report_to in ("tensorboard", "wandb"):
+        from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+        if not {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[args.report_to]():
+            raise ConfigError(f"report_to={args.report_to}: the {args.report_to} package is not installed; "
+                              f"pip install 'cmidd-hf[{args.report_to}]' or use report_to=none")
     if args.push_to_hub is not None:
         check_can_push(args.push_to_hub)
     if not args.hub_config or args.hub_config == "data" or "/" in args.hub_config:
@@ -137,10 +143,10 @@ def check_can_push(repo_id: str) -> None:
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"push_to_hub={repo_id!r}: use the form 'org/name'")
     if constants.HF_HUB_OFFLINE:
-        raise ConfigError("push_to_hub needs the network but HF_HUB_OFFLINE is set; unset it or drop push_to_hub "
-                          "(push later with scripts/push_to_hub.py)")
+        raise ConfigError("pushing to the Hub needs the network but HF_HUB_OFFLINE is set; unset it (a run's folder "
+                          "can be pushed later with scripts/push_to_hub.py)")
     if get_token() is None:
-        raise ConfigError("push_to_hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+        raise ConfigError("pushing to the Hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
 
 
 def check_writable(directory: str | os.PathLike) -> None:

@@ -52,7 +52,7 @@ def test_save_then_load_dataset_is_bit_identical_and_card_is_plain_yaml(tmp_path
     assert block["results"] == [RESULT] and block["normalization"] == {"mean": [0.1307], "std": [0.3081]}
     assert block["regularizer"]["proxies"][0]["revision"] == "a" * 40 and block["image_size"] == [1, 28, 28]
     assert card.data.distillation["default"]["ipc"] == 2
-    for text in ("| default | set | convnet3 | dsa | 3 | 2 | 56.25 ± 6.25 | 50.0, 62.5 |", "grid.png",
+    for text in ("| default | distilled set | convnet3 | dsa | 3 | 2 | 56.25 ± 6.25 | 50.0, 62.5 |", "grid.png",
                  "cmidd_hf.load_synthetic(", "@inproceedings{cmidd2025", "Dataset Condensation with Distribution",
                  "Gradient-Based Learning Applied to Document Recognition"):
         assert text in card.text, text
@@ -79,7 +79,7 @@ def test_second_config_keeps_the_first(tmp_path):
     assert torch.equal(load_synthetic(folder).images, first.images)
     assert torch.equal(load_synthetic(folder, config="ipc5").images, second.images)
     assert load_dataset(str(folder), split="train").num_rows == 20  # plain load_dataset: the default config
-    assert (folder / "ipc5" / "grid.png").exists() and "| ipc5 | set |" in (folder / "README.md").read_text()
+    assert (folder / "ipc5" / "grid.png").exists() and "| ipc5 | distilled set |" in (folder / "README.md").read_text()
     with pytest.raises(DataError, match=r"config='ipc9' not in .* configs are \['default', 'ipc5'\]"):
         load_synthetic(folder, config="ipc9")
 

@@ -154,7 +154,8 @@ def test_run_output_pushes_loads_back_and_evaluates_on_four_architectures(finish
     assert [r["arch"] for r in updated.results if r["epochs"] == 1] == archs
     assert any(r["epochs"] == 2 for r in updated.results)  # the recipe's own result is kept
     assert torch.equal(updated.images, local.images)
-    assert "| default | set | resnet18_cifar | dsa | 1 | 1 |" in fake_hub.commits[-1]["contents"]["README.md"].decode()
+    card = fake_hub.commits[-1]["contents"]["README.md"].decode()
+    assert "| default | distilled set | resnet18_cifar | dsa | 1 | 1 |" in card
 
 
 def test_evaluate_script_imports_pt_and_refuses_unclear_input(tmp_path, capsys):
@@ -193,3 +194,23 @@ def test_push_is_checked_before_any_work(monkeypatch):
         check_can_push("org/name")
     monkeypatch.setenv("HF_TOKEN", "hf_x")
     check_can_push("org/name")
+
+
+def test_tensorboard_tracker_receives_losses_cmi_and_accuracy(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main_entry(argv(tmp_path, "--report_to", "tensorboard", "--eval_every", "2"), None) == 0
+    (events,) = (tmp_path / "out" / "run" / "logs" / "run").glob("events.out.tfevents.*")  # hparams: a sub-run
+    scalars = EventAccumulator(str(events)).Reload()
+    tags = set(scalars.Tags()["scalars"])
+    assert tags == {"loss", "matching_loss", "cmi", "accuracy/convnet3", "set_cmi", "final_cmi"}
+    assert [e.step for e in scalars.Scalars("cmi")] == [1, 2, 3, 4]
+    assert [e.step for e in scalars.Scalars("accuracy/convnet3")] == [0, 2, 4]
+
+
+def test_an_unavailable_tracker_is_refused(tmp_path, capsys, monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    assert main_entry(argv(tmp_path, "--report_to", "wandb"), None) == 2
+    assert "report_to=wandb: the wandb package is not installed" in capsys.readouterr().err
