@@ -1,0 +1,89 @@
+"""Write datasets in the exact layout ``push_to_hub`` produces, so ``load_dataset(folder)`` reads them back.
+
+Folders are written to a temporary sibling and renamed into place: a crash never leaves half a dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from datasets import Dataset
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict, SplitInfo
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+
+
+def write_hub_dataset(
+    splits: dict[str, Dataset],
+    out_dir: str | os.PathLike,
+    card_data: DatasetCardData,
+    render: Callable[[DatasetCardData], DatasetCard],
+    config_name: str = "default",
+    extra_files: dict[str, str | os.PathLike] | None = None,
+    replace_folder: bool = True,
+) -> Path:
+    """Write ``splits`` as ``<data_dir>/<split>-00000-of-00001.parquet`` plus a README dataset card.
+
+    ``card_data`` receives this config's ``dataset_info`` and ``configs`` entries like ``push_to_hub`` writes
+    them (entries of other configs already in ``card_data`` are kept); ``render`` turns the merged metadata
+    into the card. ``extra_files`` maps paths inside the folder to files copied in (e.g. ``grid.png``). With
+    ``replace_folder`` the whole ``out_dir`` is replaced atomically; otherwise only this config's data folder,
+    the README and the extra files are (other files and configs stay).
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir = "data" if config_name == "default" else config_name
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (staging / data_dir).mkdir()
+        split_dict = SplitDict()
+        total_bytes = download_bytes = 0
+        data_files = []
+        features = None
+        for split, ds in splits.items():
+            path = staging / data_dir / f"{split}-00000-of-00001.parquet"
+            ds.to_parquet(str(path))
+            split_dict.add(SplitInfo(split, num_bytes=ds.data.nbytes, num_examples=len(ds)))
+            total_bytes += ds.data.nbytes
+            download_bytes += path.stat().st_size
+            data_files.append({"split": split, "path": f"{data_dir}/{split}-*"})
+            features = ds.features
+        info = DatasetInfo(features=features, download_size=download_bytes, dataset_size=total_bytes,
+                           splits=split_dict)
+        DatasetInfosDict({config_name: info}).to_dataset_card_data(card_data)
+        MetadataConfigs({config_name: {"data_files": data_files}}).to_dataset_card_data(card_data)
+        render(card_data).save(staging / "README.md")
+        for name, src in (extra_files or {}).items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, staging / name)
+        if replace_folder:
+            replace_dir(staging, out_dir)
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for entry in staging.rglob("*"):
+                relative = entry.relative_to(staging)
+                if entry.is_file() and relative.parts[0] != data_dir:  # the data folder is swapped whole
+                    (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(entry, out_dir / relative)
+            replace_dir(staging / data_dir, out_dir / data_dir)
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` with at most a moment of absence."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -1,0 +1,52 @@
+"""Normalization and activation factories shared by the registered architectures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn as nn
+
+
+class InstanceNorm2d(nn.GroupNorm):
+    """Instance norm as the DC/DSA/DM/IDC code builds it: GroupNorm(C, C) with affine parameters."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, **_: object) -> None:
+        super().__init__(num_channels, num_channels, eps=eps, affine=True)
+
+
+class GroupNorm4(nn.GroupNorm):
+    """GroupNorm with 4 groups (the ConvNet "groupnorm" variant)."""
+
+    def __init__(self, num_channels: int, **_: object) -> None:
+        super().__init__(4, num_channels, affine=True)
+
+
+NORMS = ("instance", "batch", "layer", "group", "none")
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True),
+    "sigmoid": nn.Sigmoid,
+    "swish": nn.SiLU,
+    "gelu": nn.GELU,
+}
+
+
+def make_norm(norm: str, channels: int, spatial: tuple[int, int]) -> nn.Module:
+    """A normalization layer for a [N, channels, *spatial] activation."""
+    if norm == "instance":
+        return InstanceNorm2d(channels)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "layer":
+        return nn.LayerNorm([channels, *spatial], elementwise_affine=True)
+    if norm == "group":
+        return GroupNorm4(channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
