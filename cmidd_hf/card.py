@@ -85,11 +85,13 @@ def plain(value):
     return value
 
 
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"))
+
+
 def size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if n < limit:
-            return name
-    return "1M<n<10M"
+    """The Hub's ``size_categories`` value for ``n`` rows."""
+    return next((name for limit, name in SIZE_CATEGORIES if n < limit), SIZE_CATEGORIES[-1][1])
 
 
 def asset_prefix(config_name: str) -> str:
@@ -125,7 +127,7 @@ def build_card_data(
     if source and source not in sources:
         sources.append(source)
     sizes = [size_category(num_rows)] + list(data.get("size_categories") or [])
-    order = ["n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M"]
+    order = [name for _, name in SIZE_CATEGORIES]
     tags = list(data.get("tags") or [])
     tags += [t for t in ("dataset-distillation", "synthetic", "cmidd-hf") if t not in tags]
     data.update(

@@ -69,9 +69,7 @@ class SyntheticSet:
         if len(self.mean) != self.images.shape[1] or len(self.std) != self.images.shape[1]:
             raise ValueError(f"mean/std have {len(self.mean)}/{len(self.std)} values for "
                              f"{self.images.shape[1]}-channel images")
-        if not self.config_name or self.config_name == "data" or "/" in self.config_name:
-            raise ValueError(f"config_name={self.config_name!r}: use a plain name such as 'default' or 'ipc50' "
-                             "('data' is reserved)")
+        check_config_name(self.config_name)
         self.distillation = dict(self.distillation)
 
     # ------------------------------------------------------------------ views
@@ -106,11 +104,14 @@ class SyntheticSet:
     def record_results(self, results: Iterable, kind: str = "results") -> None:
         """Add evaluation results (``EvaluationResult`` or their dicts) to ``distillation[kind]``.
 
-        An earlier entry with the same architecture, protocol and epochs is replaced.
+        ``kind="baselines"``: random real subsets of the set's IPC (labelled so in the card). An earlier entry
+        with the same architecture, protocol and epochs is replaced.
         """
         if kind not in ("results", "baselines"):
             raise ValueError(f"kind must be 'results' or 'baselines', got {kind!r}")
         entries = [plain(r.to_dict() if hasattr(r, "to_dict") else dict(r)) for r in results]
+        if kind == "baselines":
+            entries = [{"kind": f"random real subset, ipc {self.ipc}", **e} for e in entries]
         keys = {(e["arch"], e["protocol"], e["epochs"]) for e in entries}
         kept = [e for e in self.distillation.get(kind) or [] if (e["arch"], e["protocol"], e["epochs"]) not in keys]
         self.distillation[kind] = kept + entries
@@ -173,7 +174,7 @@ class SyntheticSet:
         its block, data and files). ``token``: None uses ``HF_TOKEN`` or the ``hf auth login`` token; it is
         never written anywhere.
         """
-        _check_repo_id(repo_id)
+        check_repo_id(repo_id)
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         existing = _remote_card(api, repo_id)
@@ -202,9 +203,16 @@ class SyntheticSet:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _check_repo_id(repo_id: str) -> None:
+def check_repo_id(repo_id: str, field: str = "repo_id") -> None:
+    """A Hub repo id must be 'org/name'; the error names ``field`` (the argument the user set)."""
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo_id={repo_id!r}: use the form 'org/name'")
+        raise ValueError(f"{field}={repo_id!r}: use the form 'org/name'")
+
+
+def check_config_name(name: str, field: str = "config_name") -> None:
+    """A dataset config name is a plain folder name; "data" is where the default config lives."""
+    if not name or name == "data" or "/" in name:
+        raise ValueError(f"{field}={name!r}: use a plain name such as 'default' or 'ipc50' ('data' is reserved)")
 
 
 def _read_card(folder: Path) -> DatasetCardData | None:

@@ -131,8 +131,12 @@ def validate(args: DistillArguments) -> None:
                               f"pip install 'cmidd-hf[{args.report_to}]' or use report_to=none")
     if args.push_to_hub is not None:
         check_can_push(args.push_to_hub)
-    if not args.hub_config or args.hub_config == "data" or "/" in args.hub_config:
-        raise ConfigError(f"hub_config={args.hub_config!r}: use a plain name such as 'default' or 'ipc50'")
+    from .hub import check_config_name
+
+    try:
+        check_config_name(args.hub_config, field="hub_config")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     check_writable(args.output_dir)
 
 
@@ -140,8 +144,12 @@ def check_can_push(repo_id: str) -> None:
     """Fail before distilling if the result could not be pushed: bad repo id, offline mode, or no token."""
     from huggingface_hub import constants, get_token
 
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ConfigError(f"push_to_hub={repo_id!r}: use the form 'org/name'")
+    from .hub import check_repo_id
+
+    try:
+        check_repo_id(repo_id, field="push_to_hub")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     if constants.HF_HUB_OFFLINE:
         raise ConfigError("pushing to the Hub needs the network but HF_HUB_OFFLINE is set; unset it (a run's folder "
                           "can be pushed later with scripts/push_to_hub.py)")

@@ -125,9 +125,9 @@ def run_distillation(args: DistillArguments) -> dict:
         baselines = []
         if args.eval_baseline:
             for arch in args.eval_archs:
-                baseline = evaluate_random_subset(data, args.ipc, arch=arch, runs=args.eval_runs, **eval_options)
-                accelerator.print(f"baseline (random real ipc {args.ipc}) {baseline}")
-                baselines.append({**baseline.to_dict(), "kind": f"random real subset, ipc {args.ipc}"})
+                baselines.append(evaluate_random_subset(data, args.ipc, arch=arch, runs=args.eval_runs,
+                                                        **eval_options))
+                accelerator.print(f"baseline (random real ipc {args.ipc}) {baselines[-1]}")
         cmi = set_cmi(pool, images, labels, args.cmi_space, data.num_classes) if pool is not None else None
         distiller.log_record({"step": args.iterations, "event": "evaluation", "final": True,
                         **{f"accuracy/{r['arch']}": r["mean"] for r in results},
@@ -146,10 +146,11 @@ def run_distillation(args: DistillArguments) -> dict:
             "final_cmi": cmi,
             "library": f"cmidd-hf {__version__}",
             "results": results,
-            **({"baselines": baselines} if baselines else {}),
         }
         synthetic_set = SyntheticSet(images, labels, data.class_names, data.mean, data.std, distillation,
                                      source=args.dataset, license=data.license, config_name=args.hub_config)
+        if baselines:
+            synthetic_set.record_results(baselines, kind="baselines")
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         synthetic_set.save(run_dir)
         summary = {"run_dir": str(run_dir), "results": results, "final_cmi": cmi}

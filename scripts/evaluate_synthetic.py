@@ -20,6 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
+import timm
+from huggingface_hub.errors import HfHubHTTPError
+
 from cmidd_hf import evaluate_random_subset, evaluate_synthetic, load_image_classification
 from cmidd_hf.config import ConfigError
 from cmidd_hf.data import DataError
@@ -101,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             if kind != "repo":
                 raise ConfigError("--push applies to a Hub repo source; push folders with scripts/push_to_hub.py")
             check_can_push(args.source)
-        if args.runs < 1:
-            raise ConfigError(f"--runs={args.runs}: must be >= 1")
+        if args.runs < 1 or (args.epochs is not None and args.epochs < 1):
+            raise ConfigError(f"--runs={args.runs} / --epochs={args.epochs}: both must be >= 1")
+        unknown = [arch for arch in args.arch if not timm.is_model(arch)]
+        if unknown:
+            raise ConfigError(f"--arch: unknown architecture(s) {unknown}; use cmidd_hf's (convnet3, alexnet_cifar, "
+                              "vgg11_cifar, resnet18_cifar, ...) or any timm model")
         synthetic, data = load_source(args, kind)
     except (ConfigError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -132,13 +139,17 @@ def main(argv: list[str] | None = None) -> int:
 
     synthetic.record_results(results)
     if baselines:
-        synthetic.record_results([{**b.to_dict(), "kind": f"random real subset, ipc {synthetic.ipc}"}
-                                  for b in baselines], kind="baselines")
+        synthetic.record_results(baselines, kind="baselines")
     if args.update_card and kind == "folder":
         synthetic.save(args.source)
         print(f"updated the card of {args.source}")
     if args.update_card and kind == "repo":
-        commit = synthetic.push_to_hub(args.source, commit_message="Update results (scripts/evaluate_synthetic.py)")
+        try:
+            commit = synthetic.push_to_hub(args.source, commit_message="Update results (scripts/evaluate_synthetic.py)")
+        except (HfHubHTTPError, OSError) as err:
+            print(f"error: pushing to {args.source} failed ({type(err).__name__}: {err}); the results above are "
+                  "not recorded", file=sys.stderr)
+            return 1
         print(f"pushed the updated card: {commit.commit_url}")
     if args.save is not None:
         synthetic.save(args.save)

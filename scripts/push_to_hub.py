@@ -15,6 +15,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from huggingface_hub.errors import HfHubHTTPError
+
 from cmidd_hf.config import ConfigError
 from cmidd_hf.data import DataError
 from cmidd_hf.hub import load_synthetic, run_files
@@ -40,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    commit = synthetic.push_to_hub(args.repo_id, private=args.private, commit_message=args.message,
-                                   extra_files=run_files(args.folder))
+    try:
+        commit = synthetic.push_to_hub(args.repo_id, private=args.private, commit_message=args.message,
+                                       extra_files=run_files(args.folder))
+    except (HfHubHTTPError, OSError) as err:
+        print(f"error: pushing to {args.repo_id} failed ({type(err).__name__}: {err})", file=sys.stderr)
+        return 1
     print(f"pushed {args.folder} as config {synthetic.config_name!r}: {commit.commit_url}")
     print(f'load it with: cmidd_hf.load_synthetic("{args.repo_id}") or datasets.load_dataset("{args.repo_id}")')
     return 0

@@ -171,6 +171,8 @@ def test_evaluate_script_imports_pt_and_refuses_unclear_input(tmp_path, capsys):
     assert "use --save DIR" in capsys.readouterr().err
     assert evaluate.main(["org/some-set", "--update-card"]) == 2
     assert "add --push" in capsys.readouterr().err
+    assert evaluate.main([str(tmp_path / "idc.pt"), "--dataset", "mnist-5k", "--pixels", "--arch", "convnet99"]) == 2
+    assert "unknown architecture(s) ['convnet99']" in capsys.readouterr().err
     assert evaluate.main([str(tmp_path / "idc.pt"), "--dataset", "mnist-5k", "--pixels", "--epochs", "1",
                           "--runs", "1", "--no_compile", "--save", str(tmp_path / "imported")]) == 0
     saved = load_synthetic(tmp_path / "imported")
