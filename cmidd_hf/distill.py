@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from .cmi import CMIRegularizer
+from .cpu_memory import reuse_freed_memory
 from .data import RealImageStore
 from .methods.base import DistillationObjective
 from .seeding import generator
@@ -278,7 +279,8 @@ class Distiller:
             logger.info("resumed from %s at step %d", path, self.state.step)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self._loop()
+            with reuse_freed_memory(self.accelerator.device.type == "cpu"):
+                self._loop()
         finally:
             for s, handler in handlers.items():
                 signal.signal(s, handler)
