@@ -61,3 +61,19 @@ def test_disabled_is_a_no_op():
     with reuse_freed_memory(enabled=False) as active:
         assert not active
         assert cpu_memory._depth == 0
+
+
+def test_environment_opt_out(monkeypatch):
+    monkeypatch.setenv("CMIDD_REUSE_FREED_MEMORY", "0")
+    with reuse_freed_memory() as active:
+        assert not active
+        assert cpu_memory._depth == 0
+
+
+@pytest.mark.parametrize("name, value", [("MALLOC_MMAP_THRESHOLD_", "65536"),
+                                         ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")])
+def test_users_own_malloc_tuning_is_left_alone(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with reuse_freed_memory() as active:
+        assert not active
+        assert cpu_memory._depth == 0
