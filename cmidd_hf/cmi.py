@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .precision import autocast, check_precision, resolve_precision
 from .seeding import generator
 
 Reduction = Literal["mean", "sum", "per_class"]
@@ -163,8 +164,8 @@ class CMIRegularizer(nn.Module):
         class_chunk_size: classes per proxy forward; each chunk's activations are recomputed in
             backward (the paper's A.4 per-class computation: same value, bounded memory). None = all.
         seed: seed of the proxy draws.
-        precision: "fp32", or "bf16" to run the proxy forward under bf16 autocast (the CMI itself is
-            always computed in float32 from the features).
+        precision: "fp32"; "bf16" to run the proxy forward under bf16 autocast; "auto" for bf16 only on
+            devices with native bf16 (the CMI itself is always computed in float32 from the features).
     """
 
     def __init__(
@@ -176,7 +177,7 @@ class CMIRegularizer(nn.Module):
         every: int = 1,
         class_chunk_size: int | None = None,
         seed: int = 0,
-        precision: Literal["fp32", "bf16"] = "fp32",
+        precision: Literal["auto", "fp32", "bf16"] = "fp32",
     ) -> None:
         super().__init__()
         if len(proxies) == 0:
@@ -187,8 +188,7 @@ class CMIRegularizer(nn.Module):
             raise ValueError(f"space must be 'feature' or 'probability', got {space!r}")
         if normalization not in ("global", "per_class"):
             raise ValueError(f"normalization must be 'global' or 'per_class', got {normalization!r}")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        check_precision(precision)
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if class_chunk_size is not None and class_chunk_size < 1:
@@ -219,7 +219,7 @@ class CMIRegularizer(nn.Module):
 
     def embed(self, proxy: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The proxy output the CMI is measured on: penultimate features or logits."""
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with autocast(images.device, resolve_precision(self.precision, images.device)):
             feature_map = proxy.forward_features(images)
             return proxy.forward_head(feature_map, pre_logits=self.space == "feature")
 

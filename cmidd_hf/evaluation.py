@@ -13,7 +13,8 @@ Reported accuracy is always the last epoch's; an optional validation store is re
 selection ever looks at the test split.
 
 Speed: tiny training sets stay one tensor (no DataLoader); the network is built once per architecture,
-compiled once, and receives a freshly seeded initialization for each run; bf16 autocast and channels-last;
+compiled once, and receives a freshly seeded initialization for each run; bf16 autocast where the hardware
+has native bf16 (:mod:`cmidd_hf.precision`) and channels-last;
 on CPU, freed activation memory is reused across steps instead of being page-faulted in again
 (:mod:`cmidd_hf.cpu_memory`).
 """
@@ -34,6 +35,7 @@ from .augment import DiffAugment
 from .cpu_memory import reuse_freed_memory
 from .data import ImageClassificationData, RealImageStore
 from .models import build_network
+from .precision import autocast, resolve_precision
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
@@ -100,6 +102,7 @@ class EvaluationResult:
     train_size: int
     validation_accuracies: list[float] | None = None
     protocol_config: dict = field(default_factory=dict)
+    precision: str | None = None  # the resolved training precision, "bf16" or "fp32"
 
     @property
     def runs(self) -> int:
@@ -193,14 +196,12 @@ class NetworkTrainer:
         image_shape: tuple[int, int, int],
         protocol: EvalProtocol,
         device: torch.device | str | None = None,
-        precision: str = "bf16",
+        precision: str = "auto",
         compile: bool = False,
     ) -> None:
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
         self.arch, self.num_classes, self.image_shape, self.protocol = arch, num_classes, image_shape, protocol
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         # channels-last pays off only once inductor fuses the elementwise ops (eager bf16 gets slower)
         self.memory_format = torch.channels_last if compile else torch.contiguous_format
         self.model = self._fresh(seed=0).to(self.device, memory_format=self.memory_format)
@@ -212,14 +213,11 @@ class NetworkTrainer:
             torch.manual_seed(seed)
             return build_network(self.arch, self.num_classes, self.image_shape[0], self.image_shape[1:])
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """The network's logits under autocast. Every architecture built on ``FeatureClassifier`` shares one
         ``forward`` code object, so dynamo's per-code recompile limit (8) is raised here: evaluating several
         architectures (x train/eval, x last partial batch) must not silently fall back to eager."""
-        with self._autocast(), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with autocast(self.device, self.precision), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
             return self.forward(x)
 
     def reset(self, seed: int) -> None:
@@ -305,7 +303,7 @@ def _evaluate(
                 val_accuracies.append(trainer.accuracy(validation))
             bar.set_postfix(acc=f"{100 * accuracies[-1]:.1f}")
     return EvaluationResult(arch, protocol.name, protocol.epochs, accuracies, seeds, train_size,
-                            val_accuracies or None, asdict(protocol))
+                            val_accuracies or None, asdict(protocol), trainer.precision)
 
 
 def evaluate_synthetic(
@@ -321,7 +319,7 @@ def evaluate_synthetic(
     augmentation: str | None = None,
     validation: RealImageStore | None = None,
     device=None,
-    precision: str = "bf16",
+    precision: str = "auto",
     compile: bool = True,
     progress: bool = True,
 ) -> EvaluationResult:
@@ -360,7 +358,7 @@ def evaluate_random_subset(
     epochs: int | None = None,
     augmentation: str | None = None,
     device=None,
-    precision: str = "bf16",
+    precision: str = "auto",
     compile: bool = True,
     progress: bool = True,
 ) -> EvaluationResult:
@@ -385,7 +383,7 @@ def evaluate_whole_dataset(
     epochs: int | None = None,
     augmentation: str | None = None,
     device=None,
-    precision: str = "bf16",
+    precision: str = "auto",
     compile: bool = True,
     progress: bool = True,
 ) -> EvaluationResult:

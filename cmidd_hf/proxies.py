@@ -115,7 +115,7 @@ def train_proxy(
 ) -> tuple[nn.Module, float | None]:
     """Train proxy number ``index`` of ``spec`` (seed ``spec.seed + index``); returns it and its test accuracy."""
     trainer = NetworkTrainer(spec.arch, data.num_classes, data.image_shape, spec.protocol(), device,
-                             precision="bf16", compile=False)
+                             precision="auto", compile=False)
     from tqdm.auto import tqdm
 
     with tqdm(total=spec.epochs, desc=f"proxy {index + 1}/{spec.count} {spec.arch}", unit="epoch",

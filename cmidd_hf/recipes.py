@@ -11,6 +11,7 @@ import timm
 
 from .config import ConfigError
 from .evaluation import PROTOCOLS
+from .precision import PRECISIONS
 
 
 @dataclass
@@ -44,8 +45,8 @@ class DistillArguments:
     cmi_every: int = field(default=1, metadata={"help": "compute the CMI term every k steps"})
     cmi_class_chunk: int | None = field(default=None, metadata={"help": "classes per proxy forward (memory)"})
     cmi_precision: str = field(default="fp32", metadata={"help": "proxy forward precision (bf16: faster on "
-                                                                 "CPUs/GPUs with bf16 units)",
-                                                         "choices": ["fp32", "bf16"]})
+                                                                 "CPUs/GPUs with native bf16; auto: bf16 there)",
+                                                         "choices": list(PRECISIONS)})
     proxies: list[str] = field(default_factory=list, metadata={
         "help": "proxy networks: timm names, hf-hub:org/name, local-dir:/path, transformers:org/name; in YAML "
                 "also {train: {arch, count, epochs, ...}} to train them once and cache"})
@@ -68,7 +69,9 @@ class DistillArguments:
     checkpoint_every: int = 500
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
     report_to: str = field(default="none", metadata={"choices": ["none", "tensorboard", "wandb", "all"]})
-    precision: str = field(default="bf16", metadata={"choices": ["bf16", "fp32"]})
+    precision: str = field(default="auto", metadata={"help": "DM real path and evaluation networks (auto: bf16 "
+                                                             "where the device has native bf16, else fp32)",
+                                                     "choices": list(PRECISIONS)})
     compile: bool = field(default=True, metadata={"help": "torch.compile the networks (off: no warm-up)"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
     log_every: int = 1

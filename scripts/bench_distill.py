@@ -3,7 +3,7 @@
 Random tensors stand in for CIFAR-10 (timing only): 10 classes, 3x32x32, batch_real 256 per class, DSA on,
 a ResNet-18 (instance norm) proxy. Each configuration runs in its own subprocess so peak memory is its own.
 
-    python scripts/bench_distill.py                      # IPC 10 and 50, fast path (bf16 + compile)
+    python scripts/bench_distill.py                      # IPC 10 and 50, fast path (auto precision + compile)
     python scripts/bench_distill.py --precision fp32 --no_compile
 """
 
@@ -18,6 +18,8 @@ import sys
 import time
 
 import torch
+
+from cmidd_hf.precision import PRECISIONS, resolve_precision
 
 
 def measure(ipc: int, with_cmi: bool, precision: str, compile: bool, steps: int, cmi_every: int) -> dict:
@@ -57,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--steps", type=int, default=10, help="timed iterations (after 2 warm-up ones)")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--no_compile", action="store_true")
     parser.add_argument("--cmi_every", type=int, default=1)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -66,7 +68,8 @@ def main() -> None:
         ipc, with_cmi = json.loads(args._child)
         print(json.dumps(measure(ipc, with_cmi, args.precision, not args.no_compile, args.steps, args.cmi_every)))
         return
-    print(f"DM iteration, CIFAR-10 shape, batch_real 256/class, DSA, precision {args.precision}, "
+    print(f"DM iteration, CIFAR-10 shape, batch_real 256/class, DSA, precision {args.precision} "
+          f"({resolve_precision(args.precision, 'cpu')} here), "
           f"compile {not args.no_compile}, ResNet-18 proxy, CMI every {args.cmi_every}, threads "
           f"{torch.get_num_threads()}")
     for ipc in args.ipc:

@@ -1,7 +1,9 @@
-"""Time one evaluation run: ours (bf16, compiled, tensor-resident) vs a plain eager fp32 DataLoader loop.
+"""Time one evaluation run: ours (compiled, tensor-resident, auto precision) vs a plain eager fp32 DataLoader loop.
 
 Both train ConvNet-3 on 100 CIFAR-shaped images with the ``dsa`` protocol (per-sample DSA, SGD, lr x0.1 at
 half) and test on 10,000 images, in the same process. Random tensors: this measures time, not accuracy.
+Ours runs in the library's default precision, ``auto``: bf16 on a CPU with native bf16 (AVX512-BF16 / AMX),
+fp32 elsewhere; ``--precision`` forces one.
 
     python scripts/bench_eval.py                 # 1000 epochs, as the protocol
     python scripts/bench_eval.py --epochs 100    # a quick look
@@ -29,6 +31,7 @@ from cmidd_hf.augment import DiffAugment
 from cmidd_hf.data import RealImageStore, load_image_classification
 from cmidd_hf.evaluation import NetworkTrainer, _TensorSet, default_augmentation, get_protocol
 from cmidd_hf.models import build_network
+from cmidd_hf.precision import PRECISIONS, resolve_precision
 
 
 def plain_eager_run(images, labels, test_u8, test_labels, store, protocol, seed) -> float:
@@ -57,8 +60,8 @@ def plain_eager_run(images, labels, test_u8, test_labels, store, protocol, seed)
     return correct / len(test_labels)
 
 
-def fast_run(images, labels, store, protocol, seed) -> float:
-    trainer = NetworkTrainer("convnet3", 10, tuple(images.shape[1:]), protocol, "cpu", "bf16", compile=True)
+def fast_run(images, labels, store, protocol, seed, precision) -> float:
+    trainer = NetworkTrainer("convnet3", 10, tuple(images.shape[1:]), protocol, "cpu", precision, compile=True)
     trainer.train(_TensorSet(images, labels, "cpu"), seed)
     return trainer.accuracy(store)
 
@@ -68,7 +71,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--accuracy_runs", type=int, default=0)
     parser.add_argument("--accuracy_epochs", type=int, default=300)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     args = parser.parse_args()
+    precision = resolve_precision(args.precision, "cpu")
 
     protocol = get_protocol("dsa", epochs=args.epochs)
     g = torch.Generator().manual_seed(0)
@@ -84,11 +89,12 @@ def main() -> None:
     plain_eager_run(images, labels, test_u8, test_labels, store, protocol, seed=0)
     plain = time.perf_counter() - start
     start = time.perf_counter()
-    fast_run(images, labels, store, protocol, seed=0)
+    fast_run(images, labels, store, protocol, seed=0, precision=precision)
     fast = time.perf_counter() - start
-    print(f"one run, ConvNet-3, 100 images, {args.epochs} epochs, test on 10,000 (threads={torch.get_num_threads()})")
+    print(f"one run, ConvNet-3, 100 images, {args.epochs} epochs, test on 10,000 (threads={torch.get_num_threads()}, "
+          f"CPU {torch.backends.cpu.get_cpu_capability()})")
     print(f"  plain eager fp32 DataLoader loop: {plain:8.1f} s")
-    print(f"  cmidd_hf (bf16, compiled, tensor): {fast:8.1f} s   (compile time included)")
+    print(f"  cmidd_hf ({precision}, compiled, tensor): {fast:8.1f} s   (compile time included)")
     print(f"  ratio: {fast / plain:.3f}x")
 
     if args.accuracy_runs:
@@ -98,11 +104,11 @@ def main() -> None:
         for run in range(args.accuracy_runs):
             pos = data.train.balanced_subset(10, torch.Generator().manual_seed(run))
             x, y = data.train.images(pos), data.train.labels[pos]
-            fast_acc.append(fast_run(x, y, data.test, protocol, seed=run))
+            fast_acc.append(fast_run(x, y, data.test, protocol, seed=run, precision=precision))
             trainer = NetworkTrainer("convnet3", 10, data.image_shape, protocol, "cpu", "fp32", compile=False)
             trainer.train(_TensorSet(x, y, "cpu"), run)
             plain_acc.append(trainer.accuracy(data.test))
-        for name, acc in (("bf16+compile", fast_acc), ("fp32 eager", plain_acc)):
+        for name, acc in ((f"{precision}+compile", fast_acc), ("fp32 eager", plain_acc)):
             print(f"  mnist-5k random IPC 10, {args.accuracy_epochs} epochs, {name:12s}: "
                   f"{100 * np.mean(acc):.2f} ± {100 * np.std(acc):.2f} %  {[round(100 * a, 1) for a in acc]}")
 

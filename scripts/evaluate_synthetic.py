@@ -29,6 +29,7 @@ from cmidd_hf.data import DataError
 from cmidd_hf.evaluation import PROTOCOLS, default_augmentation
 from cmidd_hf.hub import SyntheticSet, load_synthetic
 from cmidd_hf.interop import load_imagefolder, load_pt
+from cmidd_hf.precision import PRECISIONS
 from cmidd_hf.recipes import check_can_push
 
 
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push", action="store_true", help="with --update-card on a repo: re-push it")
     parser.add_argument("--save", type=Path, default=None, help="write the set (with results) as a Hub-layout folder")
     parser.add_argument("--no_compile", action="store_true", help="skip torch.compile (no warm-up)")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 where the device has native bf16, else fp32")
     args = parser.parse_args(argv)
     try:
         kind = source_kind(args.source)

@@ -18,13 +18,15 @@ import torch.nn as nn
 from ..augment import DiffAugment, apply
 from ..data import RealImageStore
 from ..models import build_network
+from ..precision import autocast, resolve_precision
 from ..seeding import derive_seed, generator
 
 _NORMS_WITH_BATCH_STATS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 class DMObjective:
-    """DM matching loss. ``precision="bf16"`` runs the frozen real-image path under bf16 autocast."""
+    """DM matching loss. The frozen real-image path runs under bf16 autocast when the resolved ``precision``
+    is bf16 (``"auto"``: where the device has native bf16, see :mod:`cmidd_hf.precision`)."""
 
     name = "dm"
 
@@ -35,7 +37,7 @@ class DMObjective:
         batch_real: int = 256,
         dsa_strategy: str | None = "color_crop_cutout_flip_scale_rotate",
         seed: int = 0,
-        precision: str = "bf16",
+        precision: str = "auto",
         compile: bool = False,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -45,11 +47,9 @@ class DMObjective:
         if batch_real > small:
             raise ValueError(f"batch_real={batch_real} exceeds the {small} training images of the smallest class; "
                              f"lower batch_real to at most {small}")
-        if precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
         self.real, self.batch_real, self.seed = real, batch_real, seed
         self.device = torch.device(device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         self.augment = DiffAugment(dsa_strategy)
         self.net = build_network(arch, real.num_classes, real.image_shape[0], real.image_shape[1:]).to(self.device)
         self.net.requires_grad_(False)
@@ -71,7 +71,7 @@ class DMObjective:
                 module.reset_parameters()
 
     def _autocast(self, enabled: bool):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled and self.precision == "bf16")
+        return autocast(self.device, self.precision if enabled else "fp32")
 
     def loss(self, images: torch.Tensor, ipc: int, classes: Sequence[int], step: int) -> torch.Tensor:
         self.reinitialize(step)

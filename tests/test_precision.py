@@ -1,0 +1,82 @@
+"""Precision selection: 'auto' picks bf16 only where the device computes it natively."""
+
+import logging
+
+import pytest
+import torch
+
+from cmidd_hf import evaluate_synthetic, load_image_classification
+from cmidd_hf import precision as precision_module
+from cmidd_hf.evaluation import NetworkTrainer, get_protocol
+from cmidd_hf.methods import DMObjective
+from cmidd_hf.precision import autocast, has_native_bf16, resolve_precision
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    return load_image_classification("mnist-5k")
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Pretend the CPU has (True) or lacks (False) native bf16."""
+
+    def set_native(native: bool) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        monkeypatch.setattr(precision_module, "_warned", set())
+
+    return set_native
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_follows_native_bf16(cpu_bf16, native, expected):
+    cpu_bf16(native)
+    assert has_native_bf16("cpu") is native
+    assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("fp32", "cpu") == "fp32"
+
+
+def test_amx_counts_as_native(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
+def test_emulated_bf16_is_honoured_with_one_warning(cpu_bf16, caplog):
+    cpu_bf16(False)
+    with caplog.at_level(logging.WARNING, logger="cmidd_hf.precision"):
+        assert resolve_precision("bf16", "cpu") == "bf16"
+        assert resolve_precision("bf16", "cpu") == "bf16"
+    warnings = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warnings) == 1 and "precision='auto'" in warnings[0].getMessage()
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of 'auto', 'bf16', 'fp32', got 'fp16'"):
+        resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_autocast_runs_matmuls_in_the_resolved_precision(precision, dtype):
+    layer = torch.nn.Linear(4, 3)
+    with autocast("cpu", precision):
+        assert layer(torch.randn(2, 4)).dtype == dtype
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_trainer_and_dm_resolve_auto(cpu_bf16, mnist_small, native, expected):
+    cpu_bf16(native)
+    trainer = NetworkTrainer("convnet3", 10, (1, 28, 28), get_protocol("dsa", epochs=1), "cpu")
+    assert trainer.precision == expected
+    assert DMObjective(mnist_small.train, batch_real=4, device="cpu").precision == expected
+
+
+def test_evaluation_result_records_the_precision_used(mnist_small):
+    pos = mnist_small.train.balanced_subset(2, torch.Generator().manual_seed(0))
+    images, labels = mnist_small.train.images(pos), mnist_small.train.labels[pos]
+    result = evaluate_synthetic(images, labels, mnist_small.test, runs=1, epochs=1, precision="fp32",
+                                compile=False, progress=False)
+    assert result.precision == "fp32" and result.to_dict()["precision"] == "fp32"
+    auto = evaluate_synthetic(images, labels, mnist_small.test, runs=1, epochs=1, compile=False, progress=False)
+    assert auto.precision == resolve_precision("auto", "cpu")
