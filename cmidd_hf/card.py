@@ -19,6 +19,7 @@ import torch
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from .data import canonical_dataset
+from .run_folder import GRID
 
 BIBTEX = {
     "cmidd": """@inproceedings{cmidd2025,
@@ -33,6 +34,18 @@ BIBTEX = {
   author    = {Zhao, Bo and Bilen, Hakan},
   booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
   year      = {2023}
+}""",
+    "dc": """@inproceedings{zhao2021dc,
+  title     = {Dataset Condensation with Gradient Matching},
+  author    = {Zhao, Bo and Mopuri, Konda Reddy and Bilen, Hakan},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2021}
+}""",
+    "dsa": """@inproceedings{zhao2021dsa,
+  title     = {Dataset Condensation with Differentiable Siamese Augmentation},
+  author    = {Zhao, Bo and Bilen, Hakan},
+  booktitle = {International Conference on Machine Learning (ICML)},
+  year      = {2021}
 }""",
     "mnist": """@article{lecun1998mnist,
   title   = {Gradient-Based Learning Applied to Document Recognition},
@@ -180,7 +193,7 @@ def card_body(card_data: DatasetCardData, repo_id: str | None = None) -> str:
     table = results_table(results, "distilled set") if results else "_No evaluation recorded yet._"
     if baselines:
         table += "\n\nBaselines (real images, same protocol):\n\n" + results_table(baselines, "real images")
-    grids = "\n".join(f"![{c}: synthetic images, one row per class]({asset_prefix(c)}grid.png)" for c in blocks)
+    grids = "\n".join(f"![{c}: synthetic images, one row per class]({asset_prefix(c)}{GRID})" for c in blocks)
     first = next(iter(blocks), "default")
     config_arg = "" if first == "default" else f", config={first!r}"
     norm = blocks.get(first, {}).get("normalization", {})

@@ -201,7 +201,6 @@ class CMIRegularizer(nn.Module):
         self.class_chunk_size = class_chunk_size
         self.seed = seed
         self.precision = precision
-        self.last_cmi: float | None = None
         self._warned_single_sample = False
 
     def train(self, mode: bool = True) -> CMIRegularizer:
@@ -267,11 +266,9 @@ class CMIRegularizer(nn.Module):
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, num_classes: int | None = None,
         total_samples: int | None = None,
-    ) -> torch.Tensor:
-        """λ·CMI at ``step`` (a zero tensor on skipped steps); the raw CMI is kept in ``last_cmi``."""
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(λ·CMI, {"cmi": CMI}) at ``step``; (a zero tensor, {}) on skipped steps (the Regularizer protocol)."""
         if not self.is_active(step):
-            self.last_cmi = None
-            return images.new_zeros(())
+            return images.new_zeros(()), {}
         value = self.cmi(images, labels, step, num_classes=num_classes, total_samples=total_samples)
-        self.last_cmi = float(value.detach())
-        return self.weight * value
+        return self.weight * value, {"cmi": float(value.detach())}

@@ -9,47 +9,65 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import yaml
 from transformers import HfArgumentParser
-
-T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A bad recipe argument: the message names the field and the fix."""
 
 
-def parse_args(argv: Sequence[str], dataclass_type: type[T], default_config: str | os.PathLike | None = None) -> T:
-    """Parse ``argv`` into ``dataclass_type``; ``--config`` (else ``default_config``) supplies the defaults."""
+def parse_args(
+    argv: Sequence[str],
+    dataclass_types: Sequence[type],
+    default_config: str | os.PathLike | None = None,
+    defaults: dict | None = None,
+) -> tuple[list, str | None]:
+    """Parse ``argv`` into one instance of each of ``dataclass_types`` (each field name in one of them).
+
+    ``--config`` (else ``default_config``) supplies defaults over ``defaults``; command-line flags override
+    both. Returns the instances and the config path used. Unknown or malformed YAML is a ConfigError.
+    """
     argv = list(argv)
     config_path = default_config
-    if "--config" in argv:
+    while "--config" in argv:  # the last one wins, as for any flag
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise ConfigError("--config needs a YAML file path")
         config_path = argv[i + 1]
         del argv[i:i + 2]
-    parser = HfArgumentParser(dataclass_type)
+    parser = HfArgumentParser(list(dataclass_types))
+    parser.add_argument("--config", default=None, help="YAML file of argument defaults (one key per argument); "
+                        "command-line flags override it")
+    values = dict(defaults or {})
     if config_path is not None:
-        path = Path(config_path)
-        if not path.is_file():
-            raise ConfigError(f"--config {config_path}: no such file")
+        values.update(read_config(config_path, dataclass_types))
+    parser.set_defaults(**values)
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    return list(parsed[:len(dataclass_types)]), str(config_path) if config_path is not None else None
+
+
+def read_config(path: str | os.PathLike, dataclass_types: Sequence[type]) -> dict:
+    """The YAML mapping of ``path``, every key a field of one of ``dataclass_types``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
         values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"--config {config_path}: expected a mapping of argument names to values")
-        known = {f.name for f in dataclasses.fields(dataclass_type)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"--config {config_path}: unknown keys {unknown}; see --help for the valid names")
-        parser.set_defaults(**values)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    args.config = str(config_path) if config_path is not None else None
-    return args
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"--config {path}: not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of argument names to values")
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown keys {unknown}; see --help for the valid names")
+    return values
 
 
-def to_yaml(args) -> str:
-    """The resolved arguments as YAML (plain types only)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
+def to_yaml(values: dict) -> str:
+    """Resolved arguments as YAML (plain types only)."""
     return yaml.safe_dump(values, sort_keys=False)

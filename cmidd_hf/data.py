@@ -75,7 +75,7 @@ def resolve_dataset(
     if source in EMBEDDED_DATASETS:
         return load_dataset(str(EMBEDDED_DIR / source)), EMBEDDED_DIR / source
     if os.path.isdir(source):
-        return load_dataset(source, name=config_name), Path(source)
+        return _load_folder(source, config_name), Path(source)
     if os.path.exists(source):
         raise DataError(f"dataset={source!r} is a file; pass a folder in Hub layout or a Hub dataset id")
     if source.count("/") != 1:
@@ -93,7 +93,18 @@ def resolve_dataset(
             f"dataset={source!r} could not be fetched from the Hugging Face Hub or found in the Hub cache "
             f"({type(err).__name__}). Check the id, your network, or HF_HUB_OFFLINE."
         ) from err
-    return load_dataset(local, name=config_name), Path(local)
+    return _load_folder(local, config_name), Path(local)
+
+
+def _load_folder(folder: str, config_name: str | None) -> DatasetDict:
+    """``load_dataset`` of a local folder; a folder it cannot read is a one-line DataError."""
+    from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError
+
+    try:
+        return load_dataset(folder, name=config_name)
+    except (DataFilesNotFoundError, DatasetNotFoundError, FileNotFoundError, ValueError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"dataset={folder!r} cannot be read as a Hub-layout dataset: {message}") from None
 
 
 def card_license(folder: Path | None, dsd: DatasetDict) -> str | None:

@@ -26,6 +26,7 @@ from .card import asset_prefix, build_card_data, plain, render_card
 from .data import DataError, find_columns, known_stats
 from .hub_layout import write_hub_dataset
 from .outputs import save_grid, to_uint8_images
+from .run_folder import GRID
 
 
 @dataclass
@@ -150,8 +151,8 @@ class SyntheticSet:
                                     len(self.labels))
         prefix = asset_prefix(self.config_name)
         with tempfile.TemporaryDirectory() as tmp:
-            grid = save_grid(self.images, self.labels, self.mean, self.std, Path(tmp) / "grid.png")
-            files = {f"{prefix}grid.png": grid}
+            grid = save_grid(self.images, self.labels, self.mean, self.std, Path(tmp) / GRID)
+            files = {f"{prefix}{GRID}": grid}
             files.update({f"{prefix}{name}": path for name, path in (extra_files or {}).items()})
             return write_hub_dataset({"train": self.to_dataset()}, folder, card_data,
                                      lambda data: render_card(data, repo_id), config_name=self.config_name,
@@ -185,22 +186,6 @@ class SyntheticSet:
                                          f"{self.distillation.get('method', 'synthetic')})")
             return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="dataset",
                                      commit_message=message)
-
-    # ------------------------------------------------------------------ other formats
-
-    def export(self, format: str, path: str | os.PathLike, normalized: bool = True) -> Path:
-        """Write the set for other tools: ``"pt"`` (DC/DSA/DM-style ``{'data': [[images, labels]]}``) or
-        ``"imagefolder"`` (one sub-folder per class, PNGs; DD-Ranking / SRe2L style)."""
-        from .interop import export_imagefolder, export_pt
-
-        if format == "pt":
-            return export_pt(self, path, normalized)
-        if format == "imagefolder":
-            return export_imagefolder(self, path)
-        raise ValueError(f"format={format!r}: use 'pt' or 'imagefolder'")
-
-
-# ---------------------------------------------------------------------------------------------- loading
 
 
 def check_repo_id(repo_id: str, field: str = "repo_id") -> None:
@@ -313,10 +298,4 @@ def load_synthetic(
     license = card.license if card is not None else None
     return SyntheticSet(images, labels, class_names, tuple(mean), tuple(std), block,
                         sources[0] if sources else None, license, config or "default")
-
-
-def run_files(run_dir: Path, names: Iterable[str] = ("curves.png", "config.yaml", "metrics.jsonl")) -> dict:
-    """The run files of ``run_dir`` that exist, as ``extra_files`` for :meth:`SyntheticSet.push_to_hub`."""
-    return {name: run_dir / name for name in names if (run_dir / name).is_file()}
-
 

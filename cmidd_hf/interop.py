@@ -24,6 +24,7 @@ import torch
 
 from .data import DataError
 from .hub import SyntheticSet
+from .hub_layout import replace_dir
 from .outputs import to_uint8_images
 
 
@@ -138,13 +139,21 @@ def export_imagefolder(synthetic: SyntheticSet, path: str | os.PathLike) -> Path
             folder.mkdir(exist_ok=True)
             PILImage.fromarray(array).save(folder / f"{counters[label]:05d}.png")
             counters[label] += 1
-        from .hub_layout import replace_dir
-
         replace_dir(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def export_set(synthetic: SyntheticSet, format: str, path: str | os.PathLike, normalized: bool = True) -> Path:
+    """Write ``synthetic`` for other tools: ``"pt"`` (DC/DSA/DM-style ``{'data': [[images, labels]]}``) or
+    ``"imagefolder"`` (one sub-folder per class, PNGs; DD-Ranking / SRe2L style)."""
+    if format == "pt":
+        return export_pt(synthetic, path, normalized)
+    if format == "imagefolder":
+        return export_imagefolder(synthetic, path)
+    raise ValueError(f"unknown export format={format!r}; choose 'pt' or 'imagefolder'")
 
 
 def _class_of(folder_names: list[str], class_names: Sequence[str]) -> dict[str, int]:

@@ -1,24 +1,30 @@
-"""Arguments of the distillation recipes (``recipes/distill_dm.py``) and their up-front validation."""
+"""Arguments of the distillation recipes (``recipes/distill_<method>.py``), one dataclass per concern.
+
+A recipe is the data, synthetic-set, method (the method's own config dataclass), CMI, evaluation, run and Hub
+arguments. YAML configs stay flat (``ipc: 10``, ``lr_img: 1.0``, ...): each key goes to the dataclass that
+owns it. Everything is validated before any data is read (:func:`validate`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-import timm
-
-from .config import ConfigError
+from .config import ConfigError, parse_args
 from .evaluation import PROTOCOLS
+from .methods import METHODS, MethodConfig, MethodConfigError, get_method
 from .precision import PRECISIONS
 
 
 @dataclass
-class DistillArguments:
-    """Everything a DM(+CMI) run needs. Any field can be set in the YAML config or on the command line."""
+class DataArguments:
+    _argument_group_name: ClassVar[str] = "data"
 
-    # data
     dataset: str = field(default="mnist-5k", metadata={"help": "embedded name (mnist-5k), Hub dataset id or "
                                                              "Hub-layout folder"})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. cropped_digits"})
@@ -26,23 +32,23 @@ class DistillArguments:
     label_column: str | None = field(default=None, metadata={"help": "label column (default: found by type)"})
     train_split: str = "train"
     test_split: str = "test"
-    # synthetic set
+
+
+@dataclass
+class SyntheticSetArguments:
+    _argument_group_name: ClassVar[str] = "synthetic set"
+
     ipc: int = field(default=10, metadata={"help": "synthetic images per class"})
-    init: str = field(default="real", metadata={"help": "initialization", "choices": ["real", "noise"]})
-    # DM
-    method: str = field(default="dm", metadata={"help": "base method", "choices": ["dm"]})
-    iterations: int = 1000
-    lr_img: float = 1.0
-    momentum_img: float = 0.5
-    batch_real: int = field(default=256, metadata={"help": "real images per class per step"})
-    net_arch: str = field(default="convnet3", metadata={"help": "random network of DM (convnet3_bn: BN variant)"})
-    dsa_strategy: str = field(default="auto", metadata={"help": "DSA ops joined by _, 'none', or 'auto' (the "
-                                                                "dataset's default: no flip for digits)"})
-    # CMI
+
+
+@dataclass
+class CMIArguments:
+    _argument_group_name: ClassVar[str] = "class-aware CMI regularizer"
+
     cmi_weight: float = field(default=0.0, metadata={"help": "lambda of the CMI term (0 = base method only)"})
     cmi_space: str = field(default="feature", metadata={"choices": ["feature", "probability"]})
     cmi_normalization: str = field(default="global", metadata={"choices": ["global", "per_class"]})
-    cmi_every: int = field(default=1, metadata={"help": "compute the CMI term every k steps"})
+    cmi_every: int = field(default=1, metadata={"help": "compute the CMI term every k iterations"})
     cmi_class_chunk: int | None = field(default=None, metadata={"help": "classes per proxy forward (memory)"})
     cmi_precision: str = field(default="fp32", metadata={"help": "proxy forward precision (bf16: faster on "
                                                                  "CPUs/GPUs with native bf16; auto: bf16 there)",
@@ -51,96 +57,165 @@ class DistillArguments:
         "help": "proxy networks: timm names, hf-hub:org/name, local-dir:/path, transformers:org/name; in YAML "
                 "also {train: {arch, count, epochs, ...}} to train them once and cache"})
     proxy_cache_dir: str = field(default="outputs/proxy-cache")
-    # evaluation
+
+
+@dataclass
+class EvaluationArguments:
+    _argument_group_name: ClassVar[str] = "evaluation"
+
     eval_archs: list[str] = field(default_factory=lambda: ["convnet3"])
     eval_protocol: str = field(default="dsa", metadata={"choices": sorted(PROTOCOLS)})
-    eval_runs: int = 5
+    eval_runs: int = field(default=5, metadata={"help": "networks trained at the end (split over processes)"})
     eval_epochs: int | None = field(default=None, metadata={"help": "override the protocol's epochs"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps during distillation (0: only at "
-                                                         "the end)"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N iterations during distillation (0: "
+                                                         "only at the end)"})
     eval_every_runs: int = field(default=1, metadata={"help": "networks per periodic evaluation"})
     eval_at_start: bool = field(default=True, metadata={"help": "with eval_every, also evaluate the initial set"})
     eval_baseline: bool = field(default=False, metadata={"help": "also evaluate random real subsets of the same "
                                                                  "IPC (recorded as baselines in the card)"})
-    # run
+
+
+@dataclass
+class RunArguments:
+    _argument_group_name: ClassVar[str] = "run"
+
+    method: str = field(default="dm", metadata={"help": "base method (set by the entry script)",
+                                                "choices": sorted(METHODS)})
+    iterations: int = field(default=1000, metadata={"help": "iterations (DC/DSA: outer iterations)"})
     seed: int = 0
     output_dir: str = "outputs"
-    run_name: str | None = field(default=None, metadata={"help": "default: <dataset>-dm[-cmi]-ipc<k>"})
+    run_name: str | None = field(default=None, metadata={"help": "default: <dataset>-<method>[-cmi]-ipc<k>"})
     checkpoint_every: int = 500
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (0: all)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
     report_to: str = field(default="none", metadata={"choices": ["none", "tensorboard", "wandb", "all"]})
-    precision: str = field(default="auto", metadata={"help": "DM real path and evaluation networks (auto: bf16 "
-                                                             "where the device has native bf16, else fp32)",
+    precision: str = field(default="auto", metadata={"help": "method networks and evaluation (auto: bf16 where "
+                                                             "the device has native bf16, else fp32)",
                                                      "choices": list(PRECISIONS)})
     compile: bool = field(default=True, metadata={"help": "torch.compile the networks (off: no warm-up)"})
     cpu: bool = field(default=False, metadata={"help": "force CPU even when a GPU is present"})
+    threads_per_process: int | None = field(default=None, metadata={
+        "help": "CPU threads of each process (default: the cores divided by the processes)"})
     log_every: int = 1
-    # sharing
+
+
+@dataclass
+class HubArguments:
+    _argument_group_name: ClassVar[str] = "sharing"
+
     push_to_hub: str | None = field(default=None, metadata={"help": "push the distilled set to this Hub dataset "
                                                                     "repo (org/name) at the end"})
     hub_config: str = field(default="default", metadata={"help": "dataset config name of this set (e.g. ipc50 "
                                                                  "to add it next to an existing default config)"})
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.resolved_run_name
+
+@dataclass
+class DistillRecipe:
+    """All arguments of one distillation run."""
+
+    data: DataArguments
+    synthetic: SyntheticSetArguments
+    method: MethodConfig
+    cmi: CMIArguments
+    evaluation: EvaluationArguments
+    run: RunArguments
+    hub: HubArguments
+    config: str | None = None  # the YAML file the defaults came from
+
+    def groups(self) -> list:
+        return [self.data, self.synthetic, self.method, self.cmi, self.evaluation, self.run, self.hub]
+
+    def flat(self) -> dict:
+        """Every argument by name (the YAML layout; written as the run's config.yaml)."""
+        return {f.name: getattr(g, f.name) for g in self.groups() for f in dataclasses.fields(g)}
 
     @property
     def resolved_run_name(self) -> str:
-        if self.run_name:
-            return self.run_name
-        dataset = self.dataset.rstrip("/").split("/")[-1]
-        return f"{dataset}-{self.method}{'-cmi' if self.cmi_weight > 0 else ''}-ipc{self.ipc}"
+        if self.run.run_name:
+            return self.run.run_name
+        dataset = self.data.dataset.rstrip("/").split("/")[-1]
+        return f"{dataset}-{self.run.method}{'-cmi' if self.cmi.cmi_weight > 0 else ''}-ipc{self.synthetic.ipc}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.resolved_run_name
 
 
-def validate(args: DistillArguments) -> None:
+GROUPS = (DataArguments, SyntheticSetArguments, CMIArguments, EvaluationArguments, RunArguments, HubArguments)
+
+
+def recipe_types(method: str) -> list[type]:
+    """The dataclasses of a ``method`` recipe, in the order of :class:`DistillRecipe`."""
+    data, synthetic, cmi, evaluation, run, hub = GROUPS
+    return [data, synthetic, get_method(method).config_class, cmi, evaluation, run, hub]
+
+
+def parse_recipe(argv: Sequence[str], method: str, default_config: str | os.PathLike | None = None) -> DistillRecipe:
+    """Parse a ``method`` recipe's command line (``--config`` YAML defaults, flags override)."""
+    parsed, config = parse_args(argv, recipe_types(method), default_config, defaults={"method": method})
+    recipe = DistillRecipe(*parsed, config=config)
+    if recipe.run.method != method:
+        raise ConfigError(f"method={recipe.run.method!r} but this is the {method!r} recipe; run "
+                          f"recipes/distill_{recipe.run.method}.py for that method")
+    return recipe
+
+
+def validate(recipe: DistillRecipe) -> None:
     """Checks that need no data: raise ConfigError naming the field and the fix."""
-    positive = {"ipc": args.ipc, "batch_real": args.batch_real, "eval_runs": args.eval_runs,
-                "cmi_every": args.cmi_every, "log_every": args.log_every, "eval_every_runs": args.eval_every_runs}
+    for group in recipe.groups():
+        for f in dataclasses.fields(group):
+            value = getattr(group, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value}: must be a finite number")
+    try:
+        recipe.method.validate()
+    except MethodConfigError as err:
+        raise ConfigError(str(err)) from err
+    data, cmi, ev, run = recipe.data, recipe.cmi, recipe.evaluation, recipe.run
+    positive = {"ipc": recipe.synthetic.ipc, "eval_runs": ev.eval_runs, "cmi_every": cmi.cmi_every,
+                "log_every": run.log_every, "eval_every_runs": ev.eval_every_runs}
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"{name}={value}: must be >= 1")
-    for name in ("iterations", "checkpoint_every", "eval_every"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"{name}={getattr(args, name)}: must be >= 0")
-    if args.cmi_weight < 0:
-        raise ConfigError(f"cmi_weight={args.cmi_weight}: the CMI weight (lambda) must be >= 0")
-    if args.lr_img <= 0:
-        raise ConfigError(f"lr_img={args.lr_img}: must be > 0")
-    if args.eval_epochs is not None and args.eval_epochs < 1:
-        raise ConfigError(f"eval_epochs={args.eval_epochs}: must be >= 1 (or unset for the protocol's)")
-    if args.cmi_class_chunk is not None and args.cmi_class_chunk < 1:
-        raise ConfigError(f"cmi_class_chunk={args.cmi_class_chunk}: must be >= 1 (or unset)")
-    for name, arch in [("net_arch", args.net_arch), *(("eval_archs", a) for a in args.eval_archs)]:
+    for name, value in (("iterations", run.iterations), ("checkpoint_every", run.checkpoint_every),
+                        ("eval_every", ev.eval_every), ("keep_checkpoints", run.keep_checkpoints)):
+        if value < 0:
+            raise ConfigError(f"{name}={value}: must be >= 0")
+    if run.threads_per_process is not None and run.threads_per_process < 1:
+        raise ConfigError(f"threads_per_process={run.threads_per_process}: must be >= 1 (or unset)")
+    if cmi.cmi_weight < 0:
+        raise ConfigError(f"cmi_weight={cmi.cmi_weight}: the CMI weight (lambda) must be >= 0")
+    if ev.eval_epochs is not None and ev.eval_epochs < 1:
+        raise ConfigError(f"eval_epochs={ev.eval_epochs}: must be >= 1 (or unset for the protocol's)")
+    if cmi.cmi_class_chunk is not None and cmi.cmi_class_chunk < 1:
+        raise ConfigError(f"cmi_class_chunk={cmi.cmi_class_chunk}: must be >= 1 (or unset)")
+    import timm
+
+    for arch in ev.eval_archs:
         if not timm.is_model(arch):
-            raise ConfigError(f"{name}: unknown architecture {arch!r}; use a name registered by cmidd_hf "
+            raise ConfigError(f"eval_archs: unknown architecture {arch!r}; use a name registered by cmidd_hf "
                               "(convnet3, resnet18_cifar, ...) or any timm model")
-    if args.cmi_weight > 0 and not args.proxies:
+    if cmi.cmi_weight > 0 and not cmi.proxies:
         raise ConfigError("cmi_weight > 0 needs proxies: set proxies (timm/hf-hub:/local-dir: names or a train: "
                           "spec in the YAML config)")
-    if args.dsa_strategy not in ("auto", "none"):
-        from .augment import parse_strategy
-
-        try:
-            parse_strategy(args.dsa_strategy)
-        except ValueError as err:
-            raise ConfigError(f"dsa_strategy: {err}") from err
-    if args.report_to in ("tensorboard", "wandb"):
+    if run.report_to in ("tensorboard", "wandb"):
         from accelerate.utils import is_tensorboard_available, is_wandb_available
 
-        if not {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[args.report_to]():
-            raise ConfigError(f"report_to={args.report_to}: the {args.report_to} package is not installed; "
-                              f"pip install 'cmidd-hf[{args.report_to}]' or use report_to=none")
-    if args.push_to_hub is not None:
-        check_can_push(args.push_to_hub)
+        if not {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[run.report_to]():
+            raise ConfigError(f"report_to={run.report_to}: the {run.report_to} package is not installed; "
+                              f"pip install 'cmidd-hf[{run.report_to}]' or use report_to=none")
+    if recipe.hub.push_to_hub is not None:
+        check_can_push(recipe.hub.push_to_hub)
     from .hub import check_config_name
 
     try:
-        check_config_name(args.hub_config, field="hub_config")
+        check_config_name(recipe.hub.hub_config, field="hub_config")
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    check_writable(args.output_dir)
+    if not data.dataset:
+        raise ConfigError("dataset is empty; name an embedded dataset, a Hub id or a folder")
+    check_writable(run.output_dir)
 
 
 def check_can_push(repo_id: str) -> None:
@@ -161,12 +236,15 @@ def check_can_push(repo_id: str) -> None:
 
 
 def check_writable(directory: str | os.PathLike) -> None:
-    """Fail now, not after hours of distillation, if results cannot be written."""
-    path = Path(directory)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"output_dir={str(directory)!r} is not writable ({err.strerror}); choose another "
-                          "output_dir") from err
+    """Fail now, not after hours of distillation, if results cannot be written — without creating anything:
+    the nearest existing folder on the path must be a writable folder."""
+    path = Path(directory).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir={str(directory)!r} is not writable ({existing} is a file); choose another "
+                          "output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir={str(directory)!r} is not writable (no write permission on {existing}); "
+                          "choose another output_dir")

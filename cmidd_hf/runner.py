@@ -1,37 +1,39 @@
-"""End-to-end distillation run behind ``recipes/distill_dm.py``: checks, data, proxies, distill, evaluate, write."""
+"""End-to-end distillation run behind ``recipes/distill_<method>.py``: checks, data, method, proxies, distill,
+evaluate (runs split over processes), write. Method-agnostic: the method comes from the registry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, gather_object
 
 from . import __version__
 from .cmi import CMIRegularizer, dataset_cmi
 from .config import ConfigError, to_yaml
 from .data import ImageClassificationData, load_image_classification
-from .distill import Distiller, SyntheticImages, check_compatible, find_checkpoint
-from .evaluation import default_augmentation, evaluate_random_subset, evaluate_synthetic
-from .hub import SyntheticSet, run_files
-from .methods.dm import DMObjective
+from .distill import Distiller, check_compatible, find_checkpoint
+from .evaluation import EvaluationResult, default_augmentation, evaluate_random_subset, evaluate_synthetic
+from .hub import SyntheticSet
+from .methods import DistillationMethod, MethodConfigError, MethodContext, get_method
 from .outputs import plot_curves
 from .proxies import ProxyPool
-from .recipes import DistillArguments, validate
+from .recipes import DistillRecipe, parse_recipe, validate
+from .run_folder import STATE_FILE, RunFolder
 
 logger = logging.getLogger(__name__)
 
 
-def fingerprint(args: DistillArguments, data: ImageClassificationData) -> dict:
+def fingerprint(recipe: DistillRecipe, data: ImageClassificationData) -> dict:
     """What a checkpoint must share with the run resuming it."""
-    return {"dataset": args.dataset, "ipc": args.ipc, "image_shape": list(data.image_shape),
-            "num_classes": data.num_classes, "method": args.method, "net_arch": args.net_arch,
-            "init": args.init, "seed": args.seed}
+    return {"dataset": recipe.data.dataset, "ipc": recipe.synthetic.ipc, "image_shape": list(data.image_shape),
+            "num_classes": data.num_classes, "method": recipe.run.method, "seed": recipe.run.seed,
+            **recipe.method.identity()}
 
 
 def set_cmi(pool: ProxyPool, images: torch.Tensor, labels: torch.Tensor, space: str, num_classes: int) -> float:
@@ -40,107 +42,130 @@ def set_cmi(pool: ProxyPool, images: torch.Tensor, labels: torch.Tensor, space: 
     return sum(values) / len(values)
 
 
-def run_distillation(args: DistillArguments) -> dict:
+def evaluate_across_processes(accelerator: Accelerator, evaluate, runs: int, seed: int) -> EvaluationResult:
+    """``evaluate(runs=k, seed=s)`` for this process's share of the ``runs`` seeds (seed, seed+1, ...), gathered
+    on every process: the final networks train in parallel instead of serially on the main process."""
+    with accelerator.split_between_processes(list(range(runs))) as mine:
+        mine = list(mine)
+    part = evaluate(runs=len(mine), seed=seed + mine[0]) if mine else None
+    parts = [p for p in gather_object([part]) if p is not None]
+    first = parts[0]
+    validation = [a for p in parts for a in (p.validation_accuracies or [])]
+    return dataclasses.replace(first, accuracies=[a for p in parts for a in p.accuracies],
+                               seeds=[s for p in parts for s in p.seeds], validation_accuracies=validation or None)
+
+
+def build_method(recipe: DistillRecipe, data: ImageClassificationData, device: torch.device) -> DistillationMethod:
+    context = MethodContext(real=data.train, ipc=recipe.synthetic.ipc, seed=recipe.run.seed, device=device,
+                            precision=recipe.run.precision, compile=recipe.run.compile,
+                            augmentation=recipe.method.augmentation(data.name))
+    try:
+        return get_method(recipe.run.method)(recipe.method, context)
+    except MethodConfigError as err:
+        raise ConfigError(str(err)) from err
+
+
+def run_distillation(recipe: DistillRecipe) -> dict:
     """Run one distillation; returns the final evaluation summary. Raises ConfigError & co. on bad input."""
-    validate(args)
-    run_dir = args.run_dir
+    validate(recipe)
+    data_args, cmi_args, ev, run = recipe.data, recipe.cmi, recipe.evaluation, recipe.run
+    ipc = recipe.synthetic.ipc
+    folder = RunFolder(recipe.run_dir)
     accelerator = Accelerator(
-        cpu=args.cpu,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        cpu=run.cpu,
+        log_with=None if run.report_to == "none" else run.report_to,
+        project_config=ProjectConfiguration(project_dir=str(folder.root), logging_dir=str(folder.logs)),
     )
     device = accelerator.device
     if device.type == "cpu":  # `accelerate launch` sets OMP_NUM_THREADS=1; share the cores between processes
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+        torch.set_num_threads(run.threads_per_process or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     accelerator.print(f"accelerate: {accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
                       f"device {device}, {torch.get_num_threads()} threads per process")
     data = load_image_classification(
-        args.dataset, config_name=args.dataset_config, image_column=args.image_column,
-        label_column=args.label_column, train_split=args.train_split, test_split=args.test_split, seed=args.seed)
+        data_args.dataset, config_name=data_args.dataset_config, image_column=data_args.image_column,
+        label_column=data_args.label_column, train_split=data_args.train_split, test_split=data_args.test_split,
+        seed=run.seed)
     smallest = min(data.train.class_count(c) for c in range(data.num_classes))
-    if args.ipc > smallest:
-        raise ConfigError(f"ipc={args.ipc} exceeds the {smallest} training images of the smallest class of "
+    if ipc > smallest:
+        raise ConfigError(f"ipc={ipc} exceeds the {smallest} training images of the smallest class of "
                           f"{data.name}; choose ipc <= {smallest}")
-    if args.batch_real > smallest:
-        raise ConfigError(f"batch_real={args.batch_real} exceeds the {smallest} training images of the smallest "
-                          f"class of {data.name}; choose batch_real <= {smallest}")
-    identity = fingerprint(args, data)
-    if args.resume_from_checkpoint:  # refuse an incompatible resume before any long work
-        checkpoint = find_checkpoint(run_dir, args.resume_from_checkpoint)
-        check_compatible(json.loads((checkpoint / "distill_state.json").read_text())["fingerprint"], identity)
+    identity = fingerprint(recipe, data)
+    if run.resume_from_checkpoint:  # refuse an incompatible resume before any long work
+        checkpoint = find_checkpoint(folder.root, run.resume_from_checkpoint)
+        check_compatible(json.loads((checkpoint / STATE_FILE).read_text())["fingerprint"], identity)
+    method = build_method(recipe, data, device)
 
-    strategy = default_augmentation(data.name) if args.dsa_strategy == "auto" else args.dsa_strategy
-    strategy = None if strategy == "none" else strategy
     pool = None
-    if args.proxies:
+    if cmi_args.proxies:
         with accelerator.main_process_first():  # train:-specs are trained once, by the main process
-            pool = ProxyPool.from_pretrained(args.proxies, data, cache_dir=args.proxy_cache_dir,
-                                             dataset_id=args.dataset, progress=accelerator.is_main_process)
+            pool = ProxyPool.from_pretrained(cmi_args.proxies, data, cache_dir=cmi_args.proxy_cache_dir,
+                                             dataset_id=data_args.dataset, progress=accelerator.is_main_process)
         pool.to(device)
     regularizer = None
-    if args.cmi_weight > 0:
-        regularizer = CMIRegularizer(list(pool), args.cmi_weight, space=args.cmi_space,
-                                     normalization=args.cmi_normalization, every=args.cmi_every,
-                                     class_chunk_size=args.cmi_class_chunk, seed=args.seed,
-                                     precision=args.cmi_precision)
-    objective = DMObjective(data.train, args.net_arch, args.batch_real, strategy, args.seed, args.precision,
-                            args.compile, device)
-    init = SyntheticImages.from_real if args.init == "real" else SyntheticImages.from_noise
-    synthetic = init(data.train, args.ipc, args.seed)
+    if cmi_args.cmi_weight > 0:
+        regularizer = CMIRegularizer(list(pool), cmi_args.cmi_weight, space=cmi_args.cmi_space,
+                                     normalization=cmi_args.cmi_normalization, every=cmi_args.cmi_every,
+                                     class_chunk_size=cmi_args.cmi_class_chunk, seed=run.seed,
+                                     precision=cmi_args.cmi_precision)
+    synthetic = method.init_synthetic()
 
-    eval_options = dict(protocol=args.eval_protocol, seed=args.seed, epochs=args.eval_epochs,
-                        augmentation=strategy if args.eval_protocol != "idc" else None, precision=args.precision,
-                        compile=args.compile, device=device)
+    eval_augmentation = default_augmentation(data.name) if ev.eval_protocol == "dsa" else None
+    eval_options = dict(protocol=ev.eval_protocol, epochs=ev.eval_epochs, augmentation=eval_augmentation,
+                        precision=run.precision, compile=run.compile, device=device)
 
     def periodic_evaluation(images, labels, step) -> dict:
         record = {}
-        for arch in args.eval_archs:
-            result = evaluate_synthetic(images, labels, data.test, arch=arch, runs=args.eval_every_runs,
-                                        progress=False, **eval_options)
+        for arch in ev.eval_archs:
+            result = evaluate_synthetic(images, labels, data.test, arch=arch, runs=ev.eval_every_runs,
+                                        seed=run.seed, progress=False, **eval_options)
             record[f"accuracy/{arch}"] = result.mean
         if pool is not None:
-            record["set_cmi"] = set_cmi(pool, images, labels, args.cmi_space, data.num_classes)
+            record["set_cmi"] = set_cmi(pool, images, labels, cmi_args.cmi_space, data.num_classes)
         accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()))
         return record
 
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(args))
-    accelerator.init_trackers(args.resolved_run_name, config={k: v for k, v in asdict(args).items()
-                                                              if isinstance(v, (int, float, str, bool))})
-    distiller = Distiller(accelerator, synthetic, objective, regularizer, args.iterations, args.lr_img,
-                          args.momentum_img, run_dir, identity, checkpoint_every=args.checkpoint_every,
-                          eval_every=args.eval_every, evaluate=periodic_evaluation, log_every=args.log_every,
-                          evaluate_at_start=args.eval_at_start)
-    synthetic = distiller.run(args.resume_from_checkpoint)
-    images, labels = synthetic.images.detach().cpu(), synthetic.labels.cpu()
+        folder.root.mkdir(parents=True, exist_ok=True)
+        folder.config.write_text(to_yaml(recipe.flat()))
+    accelerator.init_trackers(recipe.resolved_run_name, config={
+        k: v for k, v in recipe.flat().items() if isinstance(v, (int, float, str, bool))})
+    distiller = Distiller(accelerator, method, synthetic, regularizer, run.iterations, folder.root, identity,
+                          checkpoint_every=run.checkpoint_every, keep_checkpoints=run.keep_checkpoints,
+                          eval_every=ev.eval_every, evaluate=periodic_evaluation, log_every=run.log_every,
+                          evaluate_at_start=ev.eval_at_start)
+    distiller.run(run.resume_from_checkpoint)
+    images, labels = distiller.decoded()
+
+    results = []
+    for arch in ev.eval_archs:
+        result = evaluate_across_processes(accelerator, lambda runs, seed, arch=arch: evaluate_synthetic(
+            images, labels, data.test, arch=arch, runs=runs, seed=seed, **eval_options), ev.eval_runs, run.seed)
+        accelerator.print(f"final accuracy {result}")
+        results.append(result.to_dict())
+    baselines = []
+    if ev.eval_baseline:
+        for arch in ev.eval_archs:
+            baselines.append(evaluate_across_processes(accelerator, lambda runs, seed, arch=arch: (
+                evaluate_random_subset(data, ipc, arch=arch, runs=runs, seed=seed, **eval_options)),
+                ev.eval_runs, run.seed))
+            accelerator.print(f"baseline (random real ipc {ipc}) {baselines[-1]}")
 
     summary: dict = {}
     if accelerator.is_main_process:
-        results = []
-        for arch in args.eval_archs:
-            result = evaluate_synthetic(images, labels, data.test, arch=arch, runs=args.eval_runs, **eval_options)
-            accelerator.print(f"final accuracy {result}")
-            results.append(result.to_dict())
-        baselines = []
-        if args.eval_baseline:
-            for arch in args.eval_archs:
-                baselines.append(evaluate_random_subset(data, args.ipc, arch=arch, runs=args.eval_runs,
-                                                        **eval_options))
-                accelerator.print(f"baseline (random real ipc {args.ipc}) {baselines[-1]}")
-        cmi = set_cmi(pool, images, labels, args.cmi_space, data.num_classes) if pool is not None else None
-        distiller.log_record({"step": args.iterations, "event": "evaluation", "final": True,
-                        **{f"accuracy/{r['arch']}": r["mean"] for r in results},
-                        **({"final_cmi": cmi} if cmi is not None else {})})
+        cmi = set_cmi(pool, images, labels, cmi_args.cmi_space, data.num_classes) if pool is not None else None
+        distiller.log_record({"step": run.iterations, "event": "evaluation", "final": True,
+                              **{f"accuracy/{r['arch']}": r["mean"] for r in results},
+                              **({"final_cmi": cmi} if cmi is not None else {})})
         distillation = {
-            "method": args.method,
+            "method": run.method,
+            "method_config": dataclasses.asdict(recipe.method),
+            "parametrization": synthetic.describe(),
+            "augmentation": method.context.augmentation,
             "regularizer": None if regularizer is None else {
-                "name": "class_aware_cmi", "weight": args.cmi_weight, "space": args.cmi_space,
-                "normalization": args.cmi_normalization, "every": args.cmi_every,
+                "name": "class_aware_cmi", "weight": cmi_args.cmi_weight, "space": cmi_args.cmi_space,
+                "normalization": cmi_args.cmi_normalization, "every": cmi_args.cmi_every,
                 "proxies": pool.provenance},
-            "ipc": args.ipc, "iterations": args.iterations, "seed": args.seed, "init": args.init,
-            "lr_img": args.lr_img, "momentum_img": args.momentum_img, "batch_real": args.batch_real,
-            "net_arch": args.net_arch, "dsa_strategy": strategy,
+            "ipc": ipc, "iterations": run.iterations, "seed": run.seed,
             "image_size": list(data.image_shape),
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
             "final_cmi": cmi,
@@ -148,27 +173,28 @@ def run_distillation(args: DistillArguments) -> dict:
             "results": results,
         }
         synthetic_set = SyntheticSet(images, labels, data.class_names, data.mean, data.std, distillation,
-                                     source=args.dataset, license=data.license, config_name=args.hub_config)
+                                     source=data_args.dataset, license=data.license,
+                                     config_name=recipe.hub.hub_config)
         if baselines:
             synthetic_set.record_results(baselines, kind="baselines")
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-        synthetic_set.save(run_dir)
-        summary = {"run_dir": str(run_dir), "results": results, "final_cmi": cmi}
-        accelerator.print(f"wrote {run_dir}")
-        if args.push_to_hub:
-            commit = synthetic_set.push_to_hub(args.push_to_hub, private=args.hub_private,
-                                               extra_files=run_files(run_dir))
-            accelerator.print(f"pushed to {getattr(commit, 'commit_url', args.push_to_hub)}")
+        plot_curves(folder.metrics, folder.curves)
+        synthetic_set.save(folder.root)
+        summary = {"run_dir": str(folder.root), "results": results, "final_cmi": cmi}
+        accelerator.print(f"wrote {folder.root}")
+        if recipe.hub.push_to_hub:
+            commit = synthetic_set.push_to_hub(recipe.hub.push_to_hub, private=recipe.hub.hub_private,
+                                               extra_files=folder.published_files())
+            accelerator.print(f"pushed to {getattr(commit, 'commit_url', recipe.hub.push_to_hub)}")
             summary["commit"] = getattr(commit, "oid", None)
     accelerator.end_training()
     return summary
 
 
-def main_entry(argv, default_config: str | Path | None) -> int:
-    """CLI wrapper: bad input -> one line on stderr and exit code 2; interruption -> 130."""
+def main_entry(argv, default_config: str | Path | None, method: str = "dm") -> int:
+    """CLI of ``recipes/distill_<method>.py``: bad input -> one line on stderr and exit code 2;
+    interruption -> 130."""
     import sys
 
-    from .config import parse_args
     from .data import DataError
     from .distill import NonFiniteLossError, ResumeError
     from .proxies import ProxyError
@@ -176,8 +202,7 @@ def main_entry(argv, default_config: str | Path | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("cmidd_hf").setLevel(logging.INFO)
     try:
-        args = parse_args(argv, DistillArguments, default_config)
-        run_distillation(args)
+        run_distillation(parse_recipe(argv, method, default_config))
     except (ConfigError, DataError, ProxyError, ResumeError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@
     accelerate launch recipes/distill_dm.py --config recipes/configs/dm_cmi/cifar10_ipc10.yaml
     accelerate launch recipes/distill_dm.py --config ... --ipc 50 --cmi_weight 2000   # CLI overrides YAML
 
-Arguments: ``python recipes/distill_dm.py --help`` (or cmidd_hf.recipes.DistillArguments).
+Arguments: ``python recipes/distill_dm.py --help`` (cmidd_hf.recipes and cmidd_hf.methods.DMConfig).
 """
 
 import sys
@@ -15,4 +15,4 @@ from cmidd_hf.runner import main_entry
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"
 
 if __name__ == "__main__":
-    sys.exit(main_entry(sys.argv[1:], DEFAULT_CONFIG))
+    sys.exit(main_entry(sys.argv[1:], DEFAULT_CONFIG, method="dm"))

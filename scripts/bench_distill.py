@@ -1,10 +1,14 @@
-"""Seconds per DM and DM+CMI iteration on CIFAR-10-shaped data, the CMI overhead, and peak memory.
+"""Seconds per (outer) iteration of a method with and without CMI on CIFAR-10-shaped data, and peak memory.
 
-Random tensors stand in for CIFAR-10 (timing only): 10 classes, 3x32x32, batch_real 256 per class, DSA on,
-a ResNet-18 (instance norm) proxy. Each configuration runs in its own subprocess so peak memory is its own.
+Random tensors stand in for CIFAR-10 (timing only): 10 classes, 3x32x32, 300 images per class, the method's
+official settings (DM: batch_real 256, DSA on; DC/DSA: batch_real 256, get_loops(IPC), network SGD 0.01), a
+ResNet-18 (instance norm) proxy for the CMI term. The timed loop is the engine users run
+(:class:`cmidd_hf.distill.Distiller`), on one process; each configuration runs in its own subprocess so that
+peak memory is its own. Iteration times come from the run's metrics.jsonl (``seconds``), warm-up excluded.
 
-    python scripts/bench_distill.py                      # IPC 10 and 50, fast path (auto precision + compile)
-    python scripts/bench_distill.py --precision fp32 --no_compile
+    python scripts/bench_distill.py --method dm                  # IPC 1 and 10, auto precision, compiled DM net
+    python scripts/bench_distill.py --method dsa --ipc 1 10 --iterations 2
+    python scripts/bench_distill.py --method dc --precision fp32 --no_compile
 """
 
 from __future__ import annotations
@@ -15,76 +19,83 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 
 import torch
 
 from cmidd_hf.precision import PRECISIONS, resolve_precision
 
 
-def measure(ipc: int, with_cmi: bool, precision: str, compile: bool, steps: int, cmi_every: int) -> dict:
+def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool, iterations: int,
+            warmup: int, cmi_every: int) -> dict:
+    from accelerate import Accelerator
+
     import cmidd_hf  # noqa: F401  (registers resnet18_cifar)
     from cmidd_hf import CMIRegularizer, RealImageStore, build_network
-    from cmidd_hf.cpu_memory import reuse_freed_memory
-    from cmidd_hf.distill import SyntheticImages
-    from cmidd_hf.methods import DMObjective
+    from cmidd_hf.distill import Distiller
+    from cmidd_hf.methods import MethodContext, get_method
+    from cmidd_hf.run_folder import RunFolder
 
     g = torch.Generator().manual_seed(0)
     u8 = torch.randint(0, 256, (10 * 300, 3, 32, 32), dtype=torch.uint8, generator=g)
     store = RealImageStore(u8, torch.arange(10).repeat_interleave(300), 10, (0.4914, 0.4822, 0.4465),
                            (0.2023, 0.1994, 0.2010), (3, 32, 32))
-    objective = DMObjective(store, batch_real=256, seed=0, precision=precision, compile=compile)
+    cls = get_method(method)
+    config = cls.config_class()
+    context = MethodContext(real=store, ipc=ipc, precision=precision, compile=compile,
+                            augmentation=config.augmentation("cifar10"))
+    algorithm = cls(config, context)
     regularizer = None
     if with_cmi:
         proxy = build_network("resnet18_cifar", 10, 3, (32, 32))
         regularizer = CMIRegularizer([proxy], weight=8000, every=cmi_every, precision=precision)
-    synthetic = SyntheticImages.from_real(store, ipc, seed=0)
-    optimizer = torch.optim.SGD([synthetic.images], lr=1.0, momentum=0.5)
-    times = []
-    with reuse_freed_memory():  # as the distillation loop does on CPU
-        for step in range(steps + 2):
-            start = time.perf_counter()
-            loss = objective.loss(synthetic.images, ipc, range(10), step)
-            if regularizer is not None:
-                loss = loss + regularizer(synthetic.images, synthetic.labels, step)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as out:
+        distiller = Distiller(Accelerator(cpu=True), algorithm, algorithm.init_synthetic(), regularizer,
+                              warmup + iterations, out, {}, progress=False)
+        distiller.run()
+        records = [json.loads(line) for line in RunFolder(out).metrics.read_text().splitlines()]
+    times = [r["seconds"] for r in records][warmup:]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mean_s": statistics.mean(times[2:]), "median_s": statistics.median(times[2:]), "peak_rss_mb": peak_mb}
+    return {"mean_s": statistics.mean(times), "median_s": statistics.median(times), "peak_rss_mb": peak_mb,
+            "image_steps": algorithm.image_steps_per_iteration}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--steps", type=int, default=10, help="timed iterations (after 2 warm-up ones)")
+    parser.add_argument("--method", default="dm", choices=["dm", "dc", "dsa"])
+    parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: DM 10, DC/DSA 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed first iterations")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--no_compile", action="store_true")
     parser.add_argument("--cmi_every", type=int, default=1)
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    iterations = args.iterations or (10 if args.method == "dm" else 2)
     if args._child:
         ipc, with_cmi = json.loads(args._child)
-        print(json.dumps(measure(ipc, with_cmi, args.precision, not args.no_compile, args.steps, args.cmi_every)))
+        print(json.dumps(measure(args.method, ipc, with_cmi, args.precision, not args.no_compile, iterations,
+                                 args.warmup, args.cmi_every)))
         return
-    print(f"DM iteration, CIFAR-10 shape, batch_real 256/class, DSA, precision {args.precision} "
-          f"({resolve_precision(args.precision, 'cpu')} here), "
-          f"compile {not args.no_compile}, ResNet-18 proxy, CMI every {args.cmi_every}, threads "
-          f"{torch.get_num_threads()}")
+    print(f"{args.method.upper()} iteration, CIFAR-10 shape, official settings, precision {args.precision} "
+          f"({resolve_precision(args.precision, 'cpu')} here), compile {not args.no_compile}, ResNet-18 proxy, "
+          f"CMI every {args.cmi_every}, {torch.get_num_threads()} threads, {iterations} timed iterations")
     for ipc in args.ipc:
         result = {}
         for with_cmi in (False, True):
-            child = [sys.executable, __file__, "--_child", json.dumps([ipc, with_cmi]), "--steps", str(args.steps),
-                     "--precision", args.precision, "--cmi_every", str(args.cmi_every)]
+            child = [sys.executable, __file__, "--_child", json.dumps([ipc, with_cmi]), "--method", args.method,
+                     "--iterations", str(iterations), "--warmup", str(args.warmup), "--precision", args.precision,
+                     "--cmi_every", str(args.cmi_every)]
             child += ["--no_compile"] if args.no_compile else []
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             result[with_cmi] = json.loads(out)
-        dm, cmi = result[False], result[True]
-        overhead = 100 * (cmi["mean_s"] / dm["mean_s"] - 1)
-        print(f"IPC {ipc:3d}: DM {dm['mean_s']:.3f} s/it (median {dm['median_s']:.3f}, peak {dm['peak_rss_mb']:.0f} MB)"
-              f" | DM+CMI {cmi['mean_s']:.3f} s/it (median {cmi['median_s']:.3f}, peak {cmi['peak_rss_mb']:.0f} MB)"
-              f" | CMI overhead {overhead:+.1f} % (of the means)")
+        base, cmi = result[False], result[True]
+        overhead = 100 * (cmi["mean_s"] / base["mean_s"] - 1)
+        name = args.method.upper()
+        print(f"IPC {ipc:3d} ({base['image_steps']} image steps/it): {name} {base['mean_s']:.3f} s/it "
+              f"(median {base['median_s']:.3f}, peak {base['peak_rss_mb']:.0f} MB) | {name}+CMI {cmi['mean_s']:.3f} "
+              f"s/it (median {cmi['median_s']:.3f}, peak {cmi['peak_rss_mb']:.0f} MB) | CMI overhead "
+              f"{overhead:+.1f} %")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from cmidd_hf.config import ConfigError
 from cmidd_hf.data import DataError
-from cmidd_hf.hub import load_synthetic, run_files
+from cmidd_hf.hub import load_synthetic
 from cmidd_hf.recipes import check_can_push
+from cmidd_hf.run_folder import RunFolder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         commit = synthetic.push_to_hub(args.repo_id, private=args.private, commit_message=args.message,
-                                       extra_files=run_files(args.folder))
+                                       extra_files=RunFolder(args.folder).published_files())
     except (HfHubHTTPError, OSError) as err:
         print(f"error: pushing to {args.repo_id} failed ({type(err).__name__}: {err})", file=sys.stderr)
         return 1

@@ -145,7 +145,7 @@ def test_gradients_reach_images_not_proxies():
     images = torch.randn(20, 3, 8, 8, requires_grad=True)
     labels = torch.arange(5).repeat_interleave(4)
     for step in range(6):
-        reg(images, labels, step=step).backward()
+        reg(images, labels, step=step)[0].backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in reg.parameters())
     assert torch.equal(reg.proxies[0].bn.running_mean, stats_before)
@@ -154,11 +154,11 @@ def test_gradients_reach_images_not_proxies():
 def test_weighted_term_and_raw_value():
     reg = make_regularizer(weight=7.0)
     images, labels = torch.randn(12, 3, 8, 8), torch.arange(3).repeat_interleave(4)
-    term = reg(images, labels, step=4)
+    term, logs = reg(images, labels, step=4)
     proxy = reg.proxies[reg.proxy_index(4)]
     raw = class_aware_cmi(reg.embed(proxy, images), labels)
     assert torch.allclose(term, 7.0 * raw, atol=1e-6)
-    assert reg.last_cmi == pytest.approx(float(raw), abs=1e-6)
+    assert logs == {"cmi": pytest.approx(float(raw), abs=1e-6)}
 
 
 def test_chunked_equals_whole_set_value_and_gradient():
@@ -167,7 +167,7 @@ def test_chunked_equals_whole_set_value_and_gradient():
     grads, values = [], []
     for chunk in (None, 2):
         x = images.clone().requires_grad_(True)
-        value = make_regularizer(class_chunk_size=chunk)(x, labels, step=3)
+        value = make_regularizer(class_chunk_size=chunk)(x, labels, step=3)[0]
         value.backward()
         values.append(value.detach())
         grads.append(x.grad)
@@ -180,18 +180,18 @@ def test_per_class_normalization_is_sum_of_class_means():
     reg = make_regularizer(weight=1.0, normalization="per_class")
     proxy = reg.proxies[reg.proxy_index(0)]
     per_class = class_aware_cmi(reg.embed(proxy, images), labels, 3, reduction="per_class")
-    assert torch.allclose(reg(images, labels, step=0), per_class.sum(), atol=1e-6)
+    assert torch.allclose(reg(images, labels, step=0)[0], per_class.sum(), atol=1e-6)
     # Balanced classes: per-class normalization = C x the global mean.
-    glob = make_regularizer(weight=1.0)(images, labels, step=0)
-    assert torch.allclose(reg(images, labels, step=0), 3 * glob, atol=1e-5)
+    glob = make_regularizer(weight=1.0)(images, labels, step=0)[0]
+    assert torch.allclose(reg(images, labels, step=0)[0], 3 * glob, atol=1e-5)
 
 
 def test_global_normalization_decomposes_over_class_shards():
     images, labels = torch.randn(24, 3, 8, 8), torch.arange(6).repeat_interleave(4)
     reg = make_regularizer(weight=1.0)
-    whole = reg(images, labels, step=2)
+    whole = reg(images, labels, step=2)[0]
     shards = [labels < 3, labels >= 3]
-    parts = sum(reg(images[m], labels[m], step=2, total_samples=24) for m in shards)
+    parts = sum(reg(images[m], labels[m], step=2, total_samples=24)[0] for m in shards)
     assert torch.allclose(whole, parts, atol=1e-6)
 
 
@@ -200,7 +200,7 @@ def test_probability_space_uses_logits():
     reg = make_regularizer(weight=1.0, space="probability")
     proxy = reg.proxies[reg.proxy_index(5)]
     logits = proxy.forward_head(proxy.forward_features(images))
-    assert torch.allclose(reg(images, labels, step=5), class_aware_cmi(logits, labels), atol=1e-6)
+    assert torch.allclose(reg(images, labels, step=5)[0], class_aware_cmi(logits, labels), atol=1e-6)
 
 
 def test_proxy_draw_is_seeded_and_varies():
@@ -214,9 +214,9 @@ def test_proxy_draw_is_seeded_and_varies():
 def test_every_k_steps():
     reg = make_regularizer(every=3)
     images, labels = torch.randn(8, 3, 8, 8), torch.arange(2).repeat_interleave(4)
-    active = [float(reg(images, labels, step=s)) != 0.0 for s in range(7)]
-    assert active == [True, False, False, True, False, False, True]
-    assert reg.last_cmi is not None  # step 6 was active
+    outputs = [reg(images, labels, step=s) for s in range(7)]
+    assert [float(loss) != 0.0 for loss, _ in outputs] == [True, False, False, True, False, False, True]
+    assert [bool(logs) for _, logs in outputs] == [True, False, False, True, False, False, True]
 
 
 def test_single_sample_per_class_warns_once_and_is_zero():
@@ -224,7 +224,7 @@ def test_single_sample_per_class_warns_once_and_is_zero():
     images, labels = torch.randn(5, 3, 8, 8), torch.arange(5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        values = [float(reg(images, labels, step=s)) for s in range(3)]
+        values = [float(reg(images, labels, step=s)[0]) for s in range(3)]
     assert values == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)
     assert sum("single synthetic sample" in str(w.message) for w in caught) == 1
 

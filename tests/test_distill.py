@@ -1,8 +1,9 @@
-"""The distillation engine and DM objective: learning, exact resume, refusals, NaN stop, process invariance."""
+"""The distillation engine and DM: learning, exact resume, refusals, checkpoints, NaN stop, process invariance."""
 
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,12 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from accelerate import Accelerator
 from datasets import load_dataset
 
 from cmidd_hf import CMIRegularizer, load_image_classification
-from cmidd_hf.distill import Distiller, NonFiniteLossError, ResumeError, SyntheticImages
-from cmidd_hf.methods import DMObjective
+from cmidd_hf.config import ConfigError
+from cmidd_hf.distill import Distiller, NonFiniteLossError, ResumeError, check_compatible
+from cmidd_hf.methods import DistributionMatching, DMConfig, MethodContext, Sharding
+from cmidd_hf.synthetic import PixelParametrization
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny_dm_cmi.yaml"
@@ -26,98 +30,106 @@ def mnist():
     return load_image_classification("mnist-5k")
 
 
-def make_distiller(mnist, out, iterations=6, objective=None, regularizer=None, **kwargs):
-    objective = objective or DMObjective(mnist.train, batch_real=8, dsa_strategy="color_crop_cutout_scale_rotate",
-                                         seed=1, precision="fp32")
-    synthetic = SyntheticImages.from_real(mnist.train, 2, seed=1)
-    fingerprint = {"dataset": "mnist-5k", "ipc": 2, "method": "dm"}
-    return Distiller(Accelerator(cpu=True), synthetic, objective, regularizer, iterations, lr=1.0, momentum=0.5,
-                     output_dir=out, fingerprint=fingerprint, progress=False, **kwargs)
+def make_dm(mnist, batch_real=8, seed=1, arch="convnet3", strategy="color_crop_cutout_scale_rotate", **context):
+    config = DMConfig(batch_real=batch_real, net_arch=arch)
+    return DistributionMatching(config, MethodContext(real=mnist.train, ipc=2, seed=seed, precision="fp32",
+                                                      augmentation=strategy, **context))
+
+
+def make_distiller(mnist, out, iterations=6, method=None, regularizer=None, **kwargs):
+    method = method or make_dm(mnist)
+    synthetic = PixelParametrization.from_real(mnist.train, 2, seed=1)
+    fingerprint = {"dataset": "mnist-5k", "ipc": 2, "method": "dm", "image_shape": [1, 28, 28]}
+    return Distiller(Accelerator(cpu=True), method, synthetic, regularizer, iterations, output_dir=out,
+                     fingerprint=fingerprint, progress=False, **kwargs)
+
+
+def records(folder):
+    return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_dm_loss_decreases_and_images_move(mnist, tmp_path):
     distiller = make_distiller(mnist, tmp_path, iterations=8)
     start = distiller.synthetic.images.detach().clone()
-    first = float(distiller.objective.loss(distiller.synthetic.images, 2, range(10), 0).detach())
+
+    def step0_loss():
+        distiller.method.begin_iteration(0)
+        return float(distiller.method.matching_loss(distiller.synthetic, range(10), 0).detach())
+
+    first = step0_loss()
     distiller.run()
-    after = float(distiller.objective.loss(distiller.synthetic.images, 2, range(10), 0).detach())
-    assert after < first  # same step-0 network, real batch and augmentation: the matching loss went down
+    assert step0_loss() < first  # same step-0 network, real batch and augmentation: the matching loss went down
     assert not torch.equal(start, distiller.synthetic.images.detach())
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, 9))
+    logged = records(tmp_path)
+    assert [r["step"] for r in logged] == list(range(1, 9))
+    assert all({"loss", "matching_loss", "seconds"} <= set(r) for r in logged)
 
 
 def test_dm_network_reinitialized_in_place_from_seed(mnist):
-    objective = DMObjective(mnist.train, batch_real=4, seed=3, precision="fp32")
-    conv = objective.net.features[0]
+    method = make_dm(mnist, batch_real=4, seed=3)
+    conv = method.net.features[0]
     identity = id(conv.weight)
-    objective.reinitialize(5)
+    method.begin_iteration(5)
     w5 = conv.weight.detach().clone()
-    objective.reinitialize(6)
+    method.begin_iteration(6)
     assert not torch.equal(w5, conv.weight)
-    objective.reinitialize(5)
+    method.begin_iteration(5)
     assert torch.equal(w5, conv.weight) and id(conv.weight) == identity
-    assert not any(p.requires_grad for p in objective.net.parameters())
+    assert not any(p.requires_grad for p in method.net.parameters())
 
 
 def test_dm_per_class_losses_add_up(mnist):
-    objective = DMObjective(mnist.train, batch_real=4, seed=0, precision="fp32")
-    images = SyntheticImages.from_real(mnist.train, 2, 0).images
-    whole = objective.loss(images, 2, range(10), step=3)
-    parts = objective.loss(images, 2, range(5), step=3) + objective.loss(images, 2, range(5, 10), step=3)
+    method = make_dm(mnist, batch_real=4, seed=0)
+    synthetic = PixelParametrization.from_real(mnist.train, 2, 0)
+    method.begin_iteration(3)
+    whole = method.matching_loss(synthetic, range(10), step=3)
+    parts = method.matching_loss(synthetic, range(5), step=3) + method.matching_loss(synthetic, range(5, 10), step=3)
     assert torch.allclose(whole, parts, rtol=1e-5)
 
 
 def test_bn_network_couples_classes(mnist):
-    assert DMObjective(mnist.train, arch="convnet3_bn", batch_real=4, precision="fp32").couples_classes
-    assert not DMObjective(mnist.train, batch_real=4, precision="fp32").couples_classes
+    assert make_dm(mnist, arch="convnet3_bn", batch_real=4).sharding == Sharding.REPLICATED
+    assert make_dm(mnist, batch_real=4).sharding == Sharding.CLASS
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(mnist, tmp_path):
     straight = make_distiller(mnist, tmp_path / "a", iterations=6, checkpoint_every=2)
     straight.run()
 
-    class InterruptAt:
-        def __init__(self, inner, step):
-            self.inner, self.step, self.distiller = inner, step, None
-            self.name, self.couples_classes = inner.name, inner.couples_classes
-
-        def loss(self, images, ipc, classes, step):
-            if step == self.step:
-                os.kill(os.getpid(), signal.SIGTERM)  # handled by the distiller: checkpoint, then stop
-            return self.inner.loss(images, ipc, classes, step)
-
     first = make_distiller(mnist, tmp_path / "b", iterations=6, checkpoint_every=100)
-    first.objective = InterruptAt(first.objective, 2)
+    interrupt_at(first.method, step=2, substep=0)
     with pytest.raises(KeyboardInterrupt):
         first.run()
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_000003"]
     resumed = make_distiller(mnist, tmp_path / "b", iterations=6, checkpoint_every=100)
     resumed.run(resume_from_checkpoint="latest")
     assert torch.equal(straight.synthetic.images, resumed.synthetic.images)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records(tmp_path / "b")] == [1, 2, 3, 4, 5, 6]
 
 
-def test_resume_refuses_a_different_configuration(mnist, tmp_path):
+@pytest.mark.parametrize("key, value", [("ipc", 5), ("dataset", "cifar10"), ("method", "dsa"),
+                                        ("image_shape", [1, 32, 32])])
+def test_resume_refuses_a_different_configuration(mnist, tmp_path, key, value):
     make_distiller(mnist, tmp_path, iterations=2, checkpoint_every=2).run()
     other = make_distiller(mnist, tmp_path, iterations=4)
-    other.state.fingerprint["ipc"] = 5
-    with pytest.raises(ResumeError, match="ipc: checkpoint 2 vs now 5"):
+    saved = dict(other.state.fingerprint)
+    other.state.fingerprint[key] = value
+    with pytest.raises(ResumeError, match=re.escape(f"{key}: checkpoint {saved[key]!r} vs now {value!r}")):
         other.run(resume_from_checkpoint="latest")
+    assert torch.equal(other.synthetic.images, PixelParametrization.from_real(mnist.train, 2, seed=1).images)
     with pytest.raises(ResumeError, match="holds no checkpoint"):
         make_distiller(mnist, tmp_path / "empty", iterations=2).run(resume_from_checkpoint="latest")
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(mnist, tmp_path):
-    class NaNAt:
-        name, couples_classes = "nan", False
+    method = make_dm(mnist)
 
-        def loss(self, images, ipc, classes, step):
-            value = images.sum() * 0.0
-            return value + math.nan if step == 3 else value
+    def nan_at_3(synthetic, classes, step, substep):
+        value = synthetic.images.sum() * 0.0
+        return {"matching_loss": value + math.nan if step == 3 else value}
 
-    distiller = make_distiller(mnist, tmp_path, iterations=6, objective=NaNAt(), checkpoint_every=2)
+    method.losses = nan_at_3
+    distiller = make_distiller(mnist, tmp_path, iterations=6, method=method, checkpoint_every=2)
     with pytest.raises(NonFiniteLossError, match="at step 3.*step_000002"):
         distiller.run()
     assert (tmp_path / "checkpoints" / "step_000002").is_dir()
@@ -137,32 +149,92 @@ def test_cmi_regularizer_lowers_the_set_cmi(mnist, tmp_path):
         d.run()
         probe = CMIRegularizer(list(pool), 1.0)
         cmis[weight] = float(probe.cmi(d.synthetic.images.detach(), d.synthetic.labels, step=0))
+        assert ("cmi" in records(tmp_path / str(weight))[-1]) == bool(weight)
     assert cmis[10000.0] < 0.5 * cmis[0.0]
+
+
+def interrupt_at(method, step, substep):
+    """Make ``method`` send SIGTERM to this process at (step, substep): the distiller checkpoints, then stops."""
+    losses = method.losses
+
+    def wrapped(synthetic, classes, s, sub):
+        if (s, sub) == (step, substep):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses(synthetic, classes, s, sub)
+
+    method.losses = wrapped
+
+
+def test_checkpoints_are_pruned_and_staged(mnist, tmp_path):
+    make_distiller(mnist, tmp_path, iterations=5, checkpoint_every=1, keep_checkpoints=2).run()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000004", "step_000005"]
+    # a staging folder left by a crash is replaced, never resumed from
+    stale = tmp_path / "checkpoints" / ".staging_step_000006"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    d = make_distiller(mnist, tmp_path, iterations=6, checkpoint_every=1, keep_checkpoints=2)
+    d.run(resume_from_checkpoint="latest")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000005", "step_000006"]
+    assert not (tmp_path / "checkpoints" / "step_000006" / "junk").exists()
+
+
+def test_check_compatible_names_every_changed_key():
+    check_compatible({"ipc": 2, "dataset": "a"}, {"ipc": 2, "dataset": "a"})
+    with pytest.raises(ResumeError, match="ipc: checkpoint 2 vs now 3; dataset: checkpoint 'a' vs now 'b'"):
+        check_compatible({"ipc": 2, "dataset": "a"}, {"ipc": 3, "dataset": "b"})
+
+
+def test_more_processes_than_classes_is_refused(mnist, tmp_path, monkeypatch):
+    monkeypatch.setattr(Accelerator, "num_processes", property(lambda self: 11))
+    with pytest.raises(ConfigError, match="11 processes for 10 classes"):
+        make_distiller(mnist, tmp_path)
+
+
+def test_resumed_metrics_forget_the_old_final_record(mnist, tmp_path):
+    d = make_distiller(mnist, tmp_path, iterations=2, checkpoint_every=2)
+    d.run()
+    d.log_record({"step": 2, "event": "evaluation", "final": True})
+    resumed = make_distiller(mnist, tmp_path, iterations=3)
+    resumed.run(resume_from_checkpoint="latest")
+    assert [(r["step"], r.get("final", False)) for r in records(tmp_path)] == [(1, False), (2, False), (3, False)]
 
 
 # ------------------------------------------------------------------------------------------ the recipe
 
 
-def run_recipe(tmp_path, *extra, launcher=None, env=None):
+FIXTURES = {"dm": TINY, "dsa": ROOT / "tests" / "fixtures" / "tiny_dsa_cmi.yaml"}
+
+
+def run_recipe(tmp_path, method, *extra, launcher=None, env=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*(launcher or [sys.executable]), str(ROOT / "recipes" / "distill_dm.py"),
-                           "--config", str(TINY), "--output_dir", str(tmp_path / "out"),
+    return subprocess.run([*(launcher or [sys.executable]), str(ROOT / "recipes" / f"distill_{method}.py"),
+                           "--config", str(FIXTURES[method]), "--output_dir", str(tmp_path / "out"),
                            "--proxy_cache_dir", str(tmp_path.parent / "cache"), *extra],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
 
 @pytest.mark.slow
-def test_one_and_two_processes_give_the_same_synthetic_set(tmp_path):
-    single = run_recipe(tmp_path / "one", "--run_name", "r")
+@pytest.mark.parametrize("method", ["dm", "dsa"])
+def test_one_and_two_processes_give_the_same_synthetic_set(tmp_path, method):
+    """Bit-identical sets (same threads per process, so the same kernels); final runs split over processes."""
+    common = ("--run_name", "r", "--threads_per_process", "1")
+    single = run_recipe(tmp_path / "one", method, *common)
     assert single.returncode == 0, single.stderr[-3000:]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port", "29533"]
-    double = run_recipe(tmp_path / "two", "--run_name", "r", launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
+    double = run_recipe(tmp_path / "two", method, *common, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
     assert double.returncode == 0, double.stderr[-3000:]
     assert "accelerate: 2 process(es), MULTI_CPU" in double.stdout
     assert "accelerate: 1 process(es)" in single.stdout
     one = load_dataset(str(tmp_path / "one" / "out" / "r"), split="train").with_format("torch")
     two = load_dataset(str(tmp_path / "two" / "out" / "r"), split="train").with_format("torch")
-    assert torch.allclose(one["pixel_values"][:], two["pixel_values"][:], atol=1e-5)
+    assert torch.equal(one["pixel_values"][:], two["pixel_values"][:])
     assert torch.equal(one["label"][:], two["label"][:])
+    losses = [[r["loss"] for r in records(tmp_path / n / "out" / "r") if "loss" in r] for n in ("one", "two")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # one float32 sum vs two partial sums
+    for n in ("one", "two"):
+        meta = yaml.safe_load((tmp_path / n / "out" / "r" / "README.md").read_text().split("---")[1])
+        (result,) = meta["distillation"]["default"]["results"]
+        runs = 1 if method == "dm" else 2
+        assert result["seeds"] == list(range(runs)) and len(result["accuracies"]) == runs

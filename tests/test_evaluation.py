@@ -64,20 +64,32 @@ def test_shuffled_labels_do_not_generalize(mnist):
     assert result.mean < 0.35
 
 
-def test_idc_protocol_with_cutmix_runs(mnist):
+def test_idc_protocol_uses_cutmix_and_learns(mnist, monkeypatch):
+    import cmidd_hf.evaluation as evaluation
+
+    calls = []
+    real_cutmix = evaluation._cutmix
+    monkeypatch.setattr(evaluation, "_cutmix", lambda *a: calls.append(1) or real_cutmix(*a))
     images, labels = subset(mnist, 5)
     result = evaluate_synthetic(images, labels, mnist.test, protocol="idc", runs=1, epochs=12, **FAST)
-    assert result.protocol == "idc" and 0.0 <= result.mean <= 1.0
+    assert result.protocol == "idc" and result.protocol_config["cutmix_prob"] == 0.5
+    batches = 12 * 1  # 50 images, batch 64: one batch per epoch, CutMix with p = 0.5
+    assert 0 < len(calls) < batches
+    assert result.mean > 0.3  # far above chance (0.1)
 
 
 def test_cutmix_mixes_a_box_and_reports_its_area():
-    x = torch.zeros(4, 1, 8, 8)
-    x[1] = 1.0
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 8, 8).contiguous()  # image i is all i
     y = torch.arange(4)
     mixed, partner, lam = _cutmix(x, y, torch.Generator().manual_seed(2))
-    pasted = (mixed != x).float().mean().item() * 4 / (x[1].eq(1).float().mean().item() * 4)
-    assert 0.0 <= lam <= 1.0 and partner.shape == y.shape
-    assert mixed.shape == x.shape and pasted <= 1.0
+    assert 0.0 < lam < 1.0 and mixed.shape == x.shape
+    for i in range(4):
+        pasted = mixed[i].eq(float(partner[i]))
+        if partner[i] != i:
+            assert pasted.float().mean() == pytest.approx(1 - lam)  # lambda = the area kept
+            assert mixed[i][~pasted].eq(float(i)).all()
+        rows, cols = pasted[0].any(1).nonzero(), pasted[0].any(0).nonzero()
+        assert pasted[0].sum() == len(rows) * len(cols)  # one rectangular box
 
 
 def test_baselines_random_subset_and_whole_set(mnist):

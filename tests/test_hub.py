@@ -9,7 +9,7 @@ import yaml
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
-from cmidd_hf import SyntheticSet, load_imagefolder, load_pt, load_synthetic
+from cmidd_hf import SyntheticSet, export_set, load_imagefolder, load_pt, load_synthetic
 from cmidd_hf.data import DataError
 from cmidd_hf.outputs import to_uint8_images
 
@@ -156,10 +156,10 @@ def _embedded_mnist():
 
 def test_pt_export_import_round_trips_and_reads_the_research_layouts(tmp_path):
     synthetic = make_set()
-    same = load_pt(synthetic.export("pt", tmp_path / "set.pt"))
+    same = load_pt(export_set(synthetic, "pt", tmp_path / "set.pt"))
     assert torch.equal(same.images, synthetic.images) and torch.equal(same.labels, synthetic.labels)
     assert same.class_names == NAMES and same.mean == MEAN
-    raw = load_pt(synthetic.export("pt", tmp_path / "raw.pt", normalized=False))
+    raw = load_pt(export_set(synthetic, "pt", tmp_path / "raw.pt", normalized=False))
     assert torch.allclose(raw.images, synthetic.images, atol=1e-5)
     dm_style = torch.load(tmp_path / "set.pt", weights_only=True)
     assert torch.equal(dm_style["data"][0][0], synthetic.images)  # what DC/DSA/DM/DC-BENCH read
@@ -184,7 +184,7 @@ def test_pt_export_import_round_trips_and_reads_the_research_layouts(tmp_path):
 
 def test_imagefolder_export_import_round_trip(tmp_path):
     synthetic = make_set()
-    folder = synthetic.export("imagefolder", tmp_path / "folder")
+    folder = export_set(synthetic, "imagefolder", tmp_path / "folder")
     assert sorted(os.listdir(folder))[:2] == ["000_0", "001_1"] and len(os.listdir(folder / "003_3")) == 2
     back = load_imagefolder(folder, class_names=NAMES, mean=MEAN, std=STD)
     quantized = torch.from_numpy(to_uint8_images(synthetic.images, MEAN, STD)).float().unsqueeze(1) / 255
@@ -194,7 +194,7 @@ def test_imagefolder_export_import_round_trip(tmp_path):
 
 def test_imagefolder_maps_numbered_and_named_folders(tmp_path):
     synthetic = make_set()
-    folder = synthetic.export("imagefolder", tmp_path / "folder")
+    folder = export_set(synthetic, "imagefolder", tmp_path / "folder")
     for sub in sorted(folder.iterdir()):  # SRe2L-style names: new000, new001, ...
         sub.rename(folder / f"new{sub.name[:3]}")
     (folder / "new007").rename(folder / "new0x7")  # breaks the numbering rule ...

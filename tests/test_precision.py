@@ -8,7 +8,7 @@ import torch
 from cmidd_hf import evaluate_synthetic, load_image_classification
 from cmidd_hf import precision as precision_module
 from cmidd_hf.evaluation import NetworkTrainer, get_protocol
-from cmidd_hf.methods import DMObjective
+from cmidd_hf.methods import DC, DCConfig, DistributionMatching, DMConfig, MethodContext
 from cmidd_hf.precision import autocast, has_native_bf16, resolve_precision
 
 
@@ -69,7 +69,9 @@ def test_trainer_and_dm_resolve_auto(cpu_bf16, mnist_small, native, expected):
     cpu_bf16(native)
     trainer = NetworkTrainer("convnet3", 10, (1, 28, 28), get_protocol("dsa", epochs=1), "cpu")
     assert trainer.precision == expected
-    assert DMObjective(mnist_small.train, batch_real=4, device="cpu").precision == expected
+    context = MethodContext(real=mnist_small.train, ipc=1)
+    assert DistributionMatching(DMConfig(batch_real=4), context).precision == expected
+    assert DC(DCConfig(batch_real=4, bn_real_per_class=4), context).precision == expected
 
 
 def test_evaluation_result_records_the_precision_used(mnist_small):

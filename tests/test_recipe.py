@@ -10,9 +10,9 @@ import yaml
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
-from cmidd_hf.config import ConfigError, parse_args
+from cmidd_hf.config import ConfigError
 from cmidd_hf.hub import load_synthetic
-from cmidd_hf.recipes import DistillArguments
+from cmidd_hf.recipes import parse_recipe
 from cmidd_hf.runner import main_entry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,20 +66,47 @@ def test_pixel_values_are_exact_and_image_is_their_rendering(finished_run):
     assert torch.equal(images.reshape(rendered.shape), rendered)
 
 
-def test_resume_latest_continues_and_refuses_changed_ipc(finished_run, tmp_path_factory):
+def test_resume_latest_continues_and_refuses_changed_ipc_or_method(finished_run, capsys):
     tmp_path = finished_run.parents[1]
+    before = (finished_run / "README.md").read_text()
+    assert main_entry(argv(tmp_path, "--ipc", "3", "--resume_from_checkpoint", "latest"), None) == 2
+    assert "ipc: checkpoint 2 vs now 3" in capsys.readouterr().err
+    assert main_entry(argv(tmp_path, "--resume_from_checkpoint", "latest"), None, method="dsa") == 2
+    assert "method: checkpoint 'dm' vs now 'dsa'" in capsys.readouterr().err
+    assert (finished_run / "README.md").read_text() == before  # refusals touched nothing
     assert main_entry(argv(tmp_path, "--iterations", "6", "--resume_from_checkpoint", "latest"), None) == 0
     meta = yaml.safe_load((finished_run / "README.md").read_text().split("---")[1])
     assert meta["distillation"]["default"]["iterations"] == 6
+    steps = [json.loads(line)["step"] for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 6]  # six iterations, then the one final evaluation record
 
 
 def test_config_defaults_cli_overrides_and_unknown_keys(tmp_path):
-    args = parse_args(["--config", str(TINY), "--ipc", "3", "--cmi_weight", "0.5"], DistillArguments)
-    assert (args.ipc, args.cmi_weight, args.batch_real) == (3, 0.5, 8)
+    recipe = parse_recipe(["--config", str(TINY), "--ipc", "3", "--cmi_weight", "0.5"], "dm")
+    assert (recipe.synthetic.ipc, recipe.cmi.cmi_weight, recipe.method.batch_real) == (3, 0.5, 8)
+    assert recipe.run.method == "dm" and recipe.config == str(TINY)
     bad = tmp_path / "bad.yaml"
     bad.write_text("ipc: 2\nlearning_rate: 3\n")
     with pytest.raises(ConfigError, match=r"unknown keys \['learning_rate'\]"):
-        parse_args(["--config", str(bad)], DistillArguments)
+        parse_recipe(["--config", str(bad)], "dm")
+    bad.write_text("ipc: 2\nlr_net: 0.1\n")  # a DC setting is not a DM argument
+    with pytest.raises(ConfigError, match=r"unknown keys \['lr_net'\]"):
+        parse_recipe(["--config", str(bad)], "dm")
+    bad.write_text("method: dc\n")
+    with pytest.raises(ConfigError, match="run recipes/distill_dc.py"):
+        parse_recipe(["--config", str(bad)], "dm")
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*/*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_parses_and_validates(config, tmp_path):
+    from cmidd_hf.recipes import validate
+
+    method = config.parent.name.removesuffix("_cmi")
+    recipe = parse_recipe(["--config", str(config), "--output_dir", str(tmp_path / "out")], method)
+    validate(recipe)
+    assert recipe.run.method == method and recipe.cmi.cmi_weight > 0 and recipe.cmi.proxies
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -97,13 +124,21 @@ def test_config_defaults_cli_overrides_and_unknown_keys(tmp_path):
         (["--dsa_strategy", "color_blur"], "dsa_strategy"),
         (["--push_to_hub", "no-namespace"], "push_to_hub='no-namespace': use the form 'org/name'"),
         (["--hub_config", "data"], "hub_config='data'"),
+        (["--lr_img", "nan"], "lr_img=nan: must be a finite number"),
+        (["--cmi_weight", "inf"], "cmi_weight=inf: must be a finite number"),
+        (["--batch_real", "401"], "batch_real=401 exceeds the 400 training images"),
+        (["--dataset", "{tmp}/empty"], "cannot be read as a Hub-layout dataset"),
+        (["--config", "{tmp}/broken.yaml"], "not valid YAML (line 2)"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, extra, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken.yaml").write_text("ipc: [1\n")
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
     assert main_entry(argv(tmp_path, *extra), None) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
-    assert not (tmp_path / "out" / "run").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_proxy_shape_mismatch_is_refused(tmp_path, capsys):
@@ -205,7 +240,7 @@ def test_tensorboard_tracker_receives_losses_cmi_and_accuracy(tmp_path):
     (events,) = (tmp_path / "out" / "run" / "logs" / "run").glob("events.out.tfevents.*")  # hparams: a sub-run
     scalars = EventAccumulator(str(events)).Reload()
     tags = set(scalars.Tags()["scalars"])
-    assert tags == {"loss", "matching_loss", "cmi", "accuracy/convnet3", "set_cmi", "final_cmi"}
+    assert tags == {"loss", "matching_loss", "cmi", "seconds", "accuracy/convnet3", "set_cmi", "final_cmi"}
     assert [e.step for e in scalars.Scalars("cmi")] == [1, 2, 3, 4]
     assert [e.step for e in scalars.Scalars("accuracy/convnet3")] == [0, 2, 4]
 

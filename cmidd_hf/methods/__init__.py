@@ -1,6 +1,20 @@
-"""Base distillation objectives. Each computes the matching loss of some classes at one step."""
+"""Base distillation methods, one module each, registered by name (``get_method("dm")``)."""
 
-from .base import DistillationObjective
-from .dm import DMObjective
+from .base import (
+    METHODS,
+    DistillationMethod,
+    MethodConfig,
+    MethodConfigError,
+    MethodContext,
+    Sharding,
+    get_method,
+    register_method,
+)
+from .dm import DistributionMatching, DMConfig
+from .gradient_matching import DC, DSA, DCConfig, DSAConfig, match_distance
 
-__all__ = ["DMObjective", "DistillationObjective"]
+__all__ = [
+    "DC", "DCConfig", "DMConfig", "DSA", "DSAConfig", "DistillationMethod", "DistributionMatching", "METHODS",
+    "MethodConfig", "MethodConfigError", "MethodContext", "Sharding", "get_method", "match_distance",
+    "register_method",
+]

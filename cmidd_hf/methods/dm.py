@@ -5,81 +5,129 @@ every class; the loss is the squared distance between the two mean embeddings, s
 parameter set per class is shared by the class's real and synthetic batch (siamese). The network is one
 persistent module re-initialized in place from (seed, step), so it is compiled once.
 
-With a BatchNorm network all classes go through it jointly (the official BN branch), which couples classes.
+With a BatchNorm network all classes go through it jointly (the official BN branch), which couples classes:
+the method then declares replicated sharding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
 from ..augment import DiffAugment, apply
-from ..data import RealImageStore
 from ..models import build_network
 from ..precision import autocast, resolve_precision
 from ..seeding import derive_seed, generator
+from ..synthetic import Parametrization
+from .base import (
+    DistillationMethod,
+    MethodConfig,
+    MethodConfigError,
+    MethodContext,
+    Sharding,
+    check_architecture,
+    check_strategy,
+    register_method,
+    resolve_strategy,
+)
 
 _NORMS_WITH_BATCH_STATS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
-class DMObjective:
-    """DM matching loss. The frozen real-image path runs under bf16 autocast when the resolved ``precision``
-    is bf16 (``"auto"``: where the device has native bf16, see :mod:`cmidd_hf.precision`)."""
+def has_batch_statistics(net: nn.Module) -> bool:
+    return any(isinstance(m, _NORMS_WITH_BATCH_STATS) for m in net.modules())
+
+
+def reset_in_place(modules: Sequence[nn.Module], seed: int) -> None:
+    """Re-draw the parameters of ``modules`` in place from ``seed`` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in modules:
+            module.reset_parameters()
+
+
+def resettable_modules(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if m is not net and hasattr(m, "reset_parameters")]
+
+
+@dataclass
+class DMConfig(MethodConfig):
+    """DM settings (official defaults: lr_img 1.0, momentum 0.5, 256 real images per class)."""
+
+    _argument_group_name: ClassVar[str] = "DM"
+
+    batch_real: int = field(default=256, metadata={"help": "real images per class per step"})
+    net_arch: str = field(default="convnet3", metadata={"help": "random network of DM (convnet3_bn: BN variant)"})
+    dsa_strategy: str = field(default="auto", metadata={"help": "DSA ops joined by _, 'none', or 'auto' (the "
+                                                                "dataset's default: no flip for digits)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.batch_real < 1:
+            raise MethodConfigError(f"batch_real={self.batch_real}: must be >= 1")
+        check_architecture("net_arch", self.net_arch)
+        check_strategy("dsa_strategy", self.dsa_strategy)
+
+    def identity(self) -> dict:
+        return {**super().identity(), "net_arch": self.net_arch}
+
+    def augmentation(self, dataset_name: str) -> str | None:
+        return resolve_strategy(self.dsa_strategy, dataset_name)
+
+
+@register_method
+class DistributionMatching(DistillationMethod):
+    """DM matching loss. The frozen real-image path runs under bf16 autocast when the resolved precision is
+    bf16 (``"auto"``: where the device has native bf16, see :mod:`cmidd_hf.precision`)."""
 
     name = "dm"
+    config_class = DMConfig
 
-    def __init__(
-        self,
-        real: RealImageStore,
-        arch: str = "convnet3",
-        batch_real: int = 256,
-        dsa_strategy: str | None = "color_crop_cutout_flip_scale_rotate",
-        seed: int = 0,
-        precision: str = "auto",
-        compile: bool = False,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        if batch_real < 1:
-            raise ValueError(f"batch_real must be >= 1, got {batch_real}")
+    def __init__(self, config: DMConfig, context: MethodContext) -> None:
+        super().__init__(config, context)
+        real = context.real
         small = min(real.class_count(c) for c in range(real.num_classes))
-        if batch_real > small:
-            raise ValueError(f"batch_real={batch_real} exceeds the {small} training images of the smallest class; "
-                             f"lower batch_real to at most {small}")
-        self.real, self.batch_real, self.seed = real, batch_real, seed
-        self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.augment = DiffAugment(dsa_strategy)
-        self.net = build_network(arch, real.num_classes, real.image_shape[0], real.image_shape[1:]).to(self.device)
+        if config.batch_real > small:
+            raise MethodConfigError(f"batch_real={config.batch_real} exceeds the {small} training images of the "
+                                    f"smallest class; choose batch_real <= {small}")
+        self.real, self.batch_real = real, config.batch_real
+        self.precision = resolve_precision(context.precision, self.device)
+        self.augment = DiffAugment(context.augmentation)
+        self.net = build_network(config.net_arch, real.num_classes, real.image_shape[0],
+                                 real.image_shape[1:]).to(self.device)
         self.net.requires_grad_(False)
         self.net.train()  # as the official code; matters only for BatchNorm networks
-        self.couples_classes = any(isinstance(m, _NORMS_WITH_BATCH_STATS) for m in self.net.modules())
-        self._resettable = [m for m in self.net.modules() if m is not self.net and hasattr(m, "reset_parameters")]
-        self.memory_format = torch.channels_last if compile else torch.contiguous_format
+        self.sharding = Sharding.REPLICATED if has_batch_statistics(self.net) else Sharding.CLASS
+        self._resettable = resettable_modules(self.net)
+        self.memory_format = torch.channels_last if context.compile else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        self._embed = torch.compile(self._embed_eager) if compile else self._embed_eager
+        self._embed = torch.compile(self._embed_eager) if context.compile else self._embed_eager
 
     def _embed_eager(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
 
-    def reinitialize(self, step: int) -> None:
+    def begin_iteration(self, step: int) -> None:
         """Fresh random weights for ``step``, drawn in place from (seed, step)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, "dm-net", step))
-            for module in self._resettable:
-                module.reset_parameters()
+        reset_in_place(self._resettable, derive_seed(self.seed, "dm-net", step))
 
-    def _autocast(self, enabled: bool):
-        return autocast(self.device, self.precision if enabled else "fp32")
+    def losses(self, synthetic: Parametrization, classes: Sequence[int], step: int,
+               substep: int) -> dict[str, torch.Tensor]:
+        return {"matching_loss": self.matching_loss(synthetic, classes, step)}
 
-    def loss(self, images: torch.Tensor, ipc: int, classes: Sequence[int], step: int) -> torch.Tensor:
-        self.reinitialize(step)
+    def matching_loss(self, synthetic: Parametrization, classes: Sequence[int], step: int) -> torch.Tensor:
+        """Sum over ``classes`` of ||mean embed(real_c) - mean embed(syn_c)||² with the network of ``step``."""
+        classes = list(classes)
+        images, _ = synthetic.decode(classes)
+        per_class = len(images) // max(len(classes), 1)
         height_width = tuple(images.shape[-2:])
         real_batches, syn_batches = [], []
-        for c in classes:
+        for i, c in enumerate(classes):
             real = self.real.sample(c, self.batch_real, generator(self.seed, "dm-real", step, c), self.device)
-            syn = images[c * ipc:(c + 1) * ipc]
+            syn = images[i * per_class:(i + 1) * per_class]
             if self.augment.enabled:
                 params = self.augment.sample(0, height_width, generator(self.seed, "dm-dsa", step, c),
                                              per_sample=False)
@@ -87,10 +135,10 @@ class DMObjective:
             real_batches.append(real)
             syn_batches.append(syn)
         n = len(classes)
-        with torch.no_grad(), self._autocast(True):
+        with torch.no_grad(), autocast(self.device, self.precision):
             real_all = torch.cat(real_batches).contiguous(memory_format=self.memory_format)
             real_mean = self._embed(real_all).float().view(n, self.batch_real, -1).mean(1)
-        with self._autocast(True):
+        with autocast(self.device, self.precision):
             syn_all = torch.cat(syn_batches).contiguous(memory_format=self.memory_format)
-            syn_mean = self._embed(syn_all).float().view(n, ipc, -1).mean(1)
+            syn_mean = self._embed(syn_all).float().view(n, per_class, -1).mean(1)
         return ((real_mean - syn_mean) ** 2).sum()
