@@ -1,6 +1,7 @@
 """Real image-classification data from Hugging Face ``datasets``, as class-indexed uint8 stores.
 
-``load_image_classification`` accepts an embedded dataset name (``"mnist-5k"``), a local folder in Hub
+``load_image_classification`` accepts an embedded dataset name (``"mnist-5k"``), ``"fashion-mnist"``, an IDX
+folder as ``"idx:/path"`` (MNIST format, converted once, see :mod:`cmidd_hf.idx`), a local folder in Hub
 layout, a Hub dataset id (resolved with ``snapshot_download`` so the Hub cache also works offline), or a
 ``Dataset`` / ``DatasetDict``. Image and label columns are found by feature type. Images are kept as uint8
 and normalized on the fly; ``in_memory=False`` keeps them in Arrow and decodes on demand (ImageNet scale).
@@ -20,6 +21,8 @@ from PIL import Image as PILImage
 
 EMBEDDED_DIR = Path(__file__).parent / "datasets"
 EMBEDDED_DATASETS = ("mnist-5k",)
+#: names that load Fashion-MNIST from the Hub (zalando-datasets/fashion_mnist) or, offline, from its IDX files
+FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist")
 
 # Per-channel mean/std used by DC/DSA/DM/IDC and the proxy pre-training (method-spec §7).
 KNOWN_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -74,6 +77,11 @@ def resolve_dataset(
     source = str(source)
     if source in EMBEDDED_DATASETS:
         return load_dataset(str(EMBEDDED_DIR / source)), EMBEDDED_DIR / source
+    if source in FASHION_MNIST_NAMES or source.startswith("idx:"):
+        from .idx import fashion_mnist_folder, idx_to_hub_layout  # idx builds on this module
+
+        folder = fashion_mnist_folder() if source in FASHION_MNIST_NAMES else idx_to_hub_layout(source[4:])
+        return _load_folder(str(folder), config_name), folder
     if os.path.isdir(source):
         return _load_folder(source, config_name), Path(source)
     if os.path.exists(source):

@@ -14,8 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cmidd_hf.config import parse_args
-from cmidd_hf.recipes import DistillArguments
+from cmidd_hf.recipes import parse_recipe
 from cmidd_hf.runner import run_distillation
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"
@@ -36,12 +35,12 @@ def main() -> None:
 
     rows = []
     for weight in args.weights:
-        run = parse_args([
+        run = parse_recipe([
             "--cmi_weight", str(weight), "--ipc", str(args.ipc), "--iterations", str(args.iterations),
             "--eval_every", str(args.midpoint), "--eval_every_runs", str(args.midpoint_runs), "--eval_at_start",
             "false", "--eval_runs", str(args.eval_runs), "--eval_epochs", str(args.eval_epochs),
             "--checkpoint_every", "0", "--output_dir", args.output_dir, "--run_name", f"ipc{args.ipc}-lambda{weight:g}",
-            *args.extra], DistillArguments, DEFAULT_CONFIG)
+            *args.extra], "dm", DEFAULT_CONFIG)
         summary = run_distillation(run)
         metrics = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
         midpoint = next((m for m in metrics if m.get("event") == "evaluation" and m["step"] == args.midpoint), {})

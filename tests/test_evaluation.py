@@ -109,3 +109,14 @@ def test_cross_architecture_and_bad_arch(mnist):
         evaluate_synthetic(images, labels, mnist.test, arch="nonet", runs=1, epochs=1, **FAST)
     with pytest.raises(ValueError, match="images are"):
         evaluate_synthetic(torch.zeros(4, 3, 32, 32), torch.zeros(4), mnist.test, runs=1, epochs=1, **FAST)
+
+
+@pytest.mark.slow
+def test_compiled_evaluation_matches_eager(mnist):
+    """The default path (compile=True) trains the same networks as eager, up to float reassociation."""
+    images, labels = subset(mnist, 10)
+    kwargs = dict(arch="convnet3", protocol="dsa", seed=1, epochs=15, precision="fp32", runs=2, progress=False)
+    eager = evaluate_synthetic(images, labels, mnist.test, compile=False, **kwargs)
+    compiled = evaluate_synthetic(images, labels, mnist.test, compile=True, **kwargs)
+    assert min(compiled.accuracies) > 0.5
+    assert compiled.accuracies == pytest.approx(eager.accuracies, abs=0.03)

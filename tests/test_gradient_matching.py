@@ -172,3 +172,22 @@ def test_short_dsa_run_beats_its_initial_set(mnist, tmp_path):
     before = evaluate_synthetic(initial, synthetic.labels, mnist.test, **options)
     after = evaluate_synthetic(synthetic.images.detach(), synthetic.labels, mnist.test, **options)
     assert after.mean > before.mean + 0.02, (before, after)
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_eager_losses_and_inner_loop(mnist):
+    """The default path compiles the single-backward passes (real gradients, inner loop); same numbers."""
+    synthetic = PixelParametrization.from_real(mnist.train, 2, seed=0)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        method = make(mnist, DSA)
+        if compiled:
+            method = DSA(method.config, MethodContext(**{**method.context.__dict__, "compile": True}))
+        method.begin_iteration(0)
+        loss = method.losses(synthetic, [0, 1, 2], 0, 0)["matching_loss"].detach()
+        method.after_image_step(synthetic, 0, 0)
+        results.append((loss, [p.detach().clone() for p in method.params]))
+    assert float(results[1][0]) == pytest.approx(float(results[0][0]), rel=1e-4)
+    for eager, compiled in zip(results[0][1], results[1][1], strict=True):
+        assert torch.allclose(eager, compiled, atol=1e-4)

@@ -26,9 +26,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
+import timm
 import torch
 
+from .. import models  # noqa: F401  (registers convnet3, resnet18_cifar, ... with timm)
+from ..augment import parse_strategy
 from ..data import RealImageStore
+from ..evaluation import default_augmentation
 from ..synthetic import Parametrization, PixelParametrization
 
 
@@ -83,10 +87,6 @@ class MethodConfig:
 
 def check_architecture(field_name: str, arch: str) -> None:
     """Refuse an architecture timm does not know (cmidd_hf's are registered on import)."""
-    import timm
-
-    from .. import models  # noqa: F401  (registers convnet3, resnet18_cifar, ...)
-
     if not timm.is_model(arch):
         raise MethodConfigError(f"{field_name}: unknown architecture {arch!r}; use a name registered by cmidd_hf "
                                 "(convnet3, resnet18_cifar, ...) or any timm model")
@@ -94,8 +94,6 @@ def check_architecture(field_name: str, arch: str) -> None:
 
 def check_strategy(field_name: str, strategy: str) -> None:
     """Refuse a DSA strategy with unknown ops ('auto' and 'none' are always valid)."""
-    from ..augment import parse_strategy
-
     if strategy not in ("auto", "none"):
         try:
             parse_strategy(strategy)
@@ -105,8 +103,6 @@ def check_strategy(field_name: str, strategy: str) -> None:
 
 def resolve_strategy(strategy: str, dataset_name: str) -> str | None:
     """'auto' -> the dataset's DSA default (no flip for digits), 'none' -> None, else the strategy itself."""
-    from ..evaluation import default_augmentation
-
     if strategy == "auto":
         return default_augmentation(dataset_name)
     return None if strategy == "none" else strategy

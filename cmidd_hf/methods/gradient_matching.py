@@ -164,6 +164,11 @@ class DC(DistillationMethod):
         self.augment = DiffAugment(context.augmentation)
         self.net = build_network(config.net_arch, real.num_classes, real.image_shape[0],
                                  real.image_shape[1:]).to(self.device)
+        self.memory_format = torch.channels_last if context.compile else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
+        # compiled for the single-backward paths (real gradients, inner loop); the synthetic path is
+        # differentiated twice, which compiled graphs do not support, so it stays eager
+        self._compiled = torch.compile(self.net) if context.compile else self.net
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self._resettable = resettable_modules(self.net)
         self._batch_norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -192,13 +197,14 @@ class DC(DistillationMethod):
         real = torch.cat([self.real.sample(c, k, generator(self.seed, "dc-bn", step, substep, c), self.device)
                           for c in range(self.real.num_classes)])
         with torch.no_grad(), autocast(self.device, self.precision):
-            self.net(real)
+            self.net(real.contiguous(memory_format=self.memory_format))
         for bn in self._batch_norms:
             bn.eval()
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, twice_differentiable: bool = False) -> torch.Tensor:
+        net = self.net if twice_differentiable else self._compiled
         with autocast(self.device, self.precision):
-            logits = self.net(x)
+            logits = net(x.contiguous(memory_format=self.memory_format))
         return F.cross_entropy(logits.float(), y)
 
     def losses(self, synthetic: Parametrization, classes: Sequence[int], step: int,
@@ -215,8 +221,8 @@ class DC(DistillationMethod):
                 real, images = apply(real, params), apply(images, params)
             real_labels = torch.full((len(real),), c, dtype=torch.long, device=self.device)
             real_grads = [g.detach() for g in torch.autograd.grad(self._loss(real, real_labels), self.params)]
-            syn_grads = torch.autograd.grad(self._loss(images, labels.to(self.device)), self.params,
-                                            create_graph=True)
+            syn_loss = self._loss(images, labels.to(self.device), twice_differentiable=True)
+            syn_grads = torch.autograd.grad(syn_loss, self.params, create_graph=True)
             distance = match_distance(syn_grads, real_grads, self.config.dis_metric)
             total = distance if total is None else total + distance
         return {"matching_loss": total if total is not None else torch.zeros((), device=self.device)}
