@@ -158,7 +158,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
                               **({"final_cmi": cmi} if cmi is not None else {})})
         distillation = {
             "method": run.method,
-            "method_config": dataclasses.asdict(recipe.method),
+            "method_config": method.describe(),
             "parametrization": synthetic.describe(),
             "augmentation": method.context.augmentation,
             "regularizer": None if regularizer is None else {

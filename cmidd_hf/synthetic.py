@@ -68,10 +68,6 @@ class PixelParametrization(Parametrization):
         self.images = nn.Parameter(images.detach().clone().float())
         self.register_buffer("labels", class_sorted_labels(num_classes, self.rows_per_class))
 
-    @property
-    def ipc(self) -> int:
-        return self.rows_per_class
-
     @classmethod
     def from_real(cls, store: RealImageStore, ipc: int, seed: int) -> PixelParametrization:
         """Random distinct real images of every class (the official ``--init real``), drawn from (seed, class)."""

@@ -235,7 +235,12 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tmp_path, method):
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # one float32 sum vs two partial sums
     for n in ("one", "two"):
         meta = yaml.safe_load((tmp_path / n / "out" / "r" / "README.md").read_text().split("---")[1])
-        (result,) = meta["distillation"]["default"]["results"]
+        block = meta["distillation"]["default"]
+        (result,) = block["results"]
+        assert block["method"] == method and block["method_config"]["lr_img"] == (1.0 if method == "dm" else 0.1)
+        if method == "dsa":
+            assert (block["method_config"]["outer_loop"], block["method_config"]["inner_loop"]) == (2, 2)
+            assert block["augmentation"] == "color_crop_cutout_scale_rotate"  # digits: no flip
         runs = 1 if method == "dm" else 2
         assert result["seeds"] == list(range(runs)) and len(result["accuracies"]) == runs
 

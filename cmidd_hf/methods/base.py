@@ -167,8 +167,8 @@ class DistillationMethod:
             raise ValueError(f"method {self.name!r} has no state but the checkpoint holds {sorted(state)}")
 
     def describe(self) -> dict:
-        """The method's settings as recorded in the dataset card."""
-        return {"name": self.name, **dataclasses.asdict(self.config)}
+        """The method's settings as recorded in the dataset card (with what the config left to defaults)."""
+        return dataclasses.asdict(self.config)
 
 
 METHODS: dict[str, type[DistillationMethod]] = {}

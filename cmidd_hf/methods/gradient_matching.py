@@ -246,6 +246,9 @@ class DC(DistillationMethod):
                 loss.backward()
                 self.net_optimizer.step()
 
+    def describe(self) -> dict:
+        return {**super().describe(), "outer_loop": self.outer_loop, "inner_loop": self.inner_loop}
+
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "net_optimizer": self.net_optimizer.state_dict()}
 
