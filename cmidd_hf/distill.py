@@ -88,11 +88,17 @@ def find_checkpoint(output_dir: str | os.PathLike, which: str) -> Path:
             raise ResumeError(f"resume_from_checkpoint={which!r} is not a checkpoint folder (no {STATE_FILE})")
         return path
     root = RunFolder(output_dir).checkpoints
-    found = [((int(m.group(1)), int(m.group(2) or 0)), p) for p in root.glob("step_*")
-             if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / STATE_FILE).exists()] if root.exists() else []
+    found = [path for path in checkpoints(root) if (path / STATE_FILE).exists()]
     if not found:
         raise ResumeError(f"resume_from_checkpoint=latest but {root} holds no checkpoint")
-    return max(found)[1]
+    return found[-1]
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """The checkpoint folders under ``root``, oldest first (by iteration, then image step)."""
+    found = [((int(m.group(1)), int(m.group(2) or 0)), p) for p in root.glob("step_*")
+             if (m := CHECKPOINT_PATTERN.match(p.name))] if root.exists() else []
+    return [path for _, path in sorted(found)]
 
 
 def check_compatible(saved: dict, current: dict) -> None:
@@ -215,9 +221,7 @@ class Distiller:
     def _prune_checkpoints(self) -> None:
         if self.keep_checkpoints <= 0:
             return
-        found = sorted(((int(m.group(1)), int(m.group(2) or 0)), p) for p in self.folder.checkpoints.glob("step_*")
-                       if (m := CHECKPOINT_PATTERN.match(p.name)))
-        for _, path in found[:-self.keep_checkpoints]:
+        for path in checkpoints(self.folder.checkpoints)[:-self.keep_checkpoints]:
             shutil.rmtree(path, ignore_errors=True)
 
     def load_checkpoint(self, which: str) -> Path:
