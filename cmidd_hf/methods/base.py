@@ -101,6 +101,29 @@ def check_strategy(field_name: str, strategy: str) -> None:
             raise MethodConfigError(f"{field_name}: {err}") from err
 
 
+def check_per_class_counts(real: RealImageStore, **counts: int) -> None:
+    """Refuse per-class image counts (e.g. ``batch_real=256``) above the smallest class of ``real``."""
+    smallest = min(real.class_count(c) for c in range(real.num_classes))
+    for name, value in counts.items():
+        if value > smallest:
+            raise MethodConfigError(f"{name}={value} exceeds the {smallest} training images of the smallest "
+                                    f"class; choose {name} <= {smallest}")
+
+
+def resettable_modules(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """The sub-modules of ``net`` that can re-draw their parameters (``reset_parameters``)."""
+    return [m for m in net.modules() if m is not net and hasattr(m, "reset_parameters")]
+
+
+def reset_in_place(modules: Sequence[torch.nn.Module], seed: int) -> None:
+    """Re-draw the parameters of ``modules`` in place from ``seed`` (global RNG untouched): a fresh random
+    network per iteration without building (or recompiling) a new one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in modules:
+            module.reset_parameters()
+
+
 def resolve_strategy(strategy: str, dataset_name: str) -> str | None:
     """'auto' -> the dataset's DSA default (no flip for digits), 'none' -> None, else the strategy itself."""
     if strategy == "auto":

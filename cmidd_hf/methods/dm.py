@@ -30,8 +30,11 @@ from .base import (
     MethodContext,
     Sharding,
     check_architecture,
+    check_per_class_counts,
     check_strategy,
     register_method,
+    reset_in_place,
+    resettable_modules,
     resolve_strategy,
 )
 
@@ -40,18 +43,6 @@ _NORMS_WITH_BATCH_STATS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 def has_batch_statistics(net: nn.Module) -> bool:
     return any(isinstance(m, _NORMS_WITH_BATCH_STATS) for m in net.modules())
-
-
-def reset_in_place(modules: Sequence[nn.Module], seed: int) -> None:
-    """Re-draw the parameters of ``modules`` in place from ``seed`` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in modules:
-            module.reset_parameters()
-
-
-def resettable_modules(net: nn.Module) -> list[nn.Module]:
-    return [m for m in net.modules() if m is not net and hasattr(m, "reset_parameters")]
 
 
 @dataclass
@@ -90,10 +81,7 @@ class DistributionMatching(DistillationMethod):
     def __init__(self, config: DMConfig, context: MethodContext) -> None:
         super().__init__(config, context)
         real = context.real
-        small = min(real.class_count(c) for c in range(real.num_classes))
-        if config.batch_real > small:
-            raise MethodConfigError(f"batch_real={config.batch_real} exceeds the {small} training images of the "
-                                    f"smallest class; choose batch_real <= {small}")
+        check_per_class_counts(real, batch_real=config.batch_real)
         self.real, self.batch_real = real, config.batch_real
         self.precision = resolve_precision(context.precision, self.device)
         self.augment = DiffAugment(context.augmentation)

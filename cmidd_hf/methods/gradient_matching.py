@@ -33,11 +33,13 @@ from .base import (
     MethodContext,
     Sharding,
     check_architecture,
+    check_per_class_counts,
     check_strategy,
     register_method,
+    reset_in_place,
+    resettable_modules,
     resolve_strategy,
 )
-from .dm import reset_in_place, resettable_modules
 
 METRICS = ("ours", "mse", "cos")
 
@@ -153,11 +155,7 @@ class DC(DistillationMethod):
     def __init__(self, config: DCConfig, context: MethodContext) -> None:
         super().__init__(config, context)
         real = context.real
-        small = min(real.class_count(c) for c in range(real.num_classes))
-        for name in ("batch_real", "bn_real_per_class"):
-            if getattr(config, name) > small:
-                raise MethodConfigError(f"{name}={getattr(config, name)} exceeds the {small} training images of "
-                                        f"the smallest class; choose {name} <= {small}")
+        check_per_class_counts(real, batch_real=config.batch_real, bn_real_per_class=config.bn_real_per_class)
         self.outer_loop, self.inner_loop = config.loops(context.ipc)
         self.real = real
         self.precision = resolve_precision(context.precision, self.device)
