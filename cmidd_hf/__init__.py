@@ -18,21 +18,27 @@ from .evaluation import (
     evaluate_whole_dataset,
     get_protocol,
 )
-from .hub import SyntheticSet, load_synthetic
+from .hub import SyntheticSet, load_condensed, load_synthetic
 from .interop import export_set, load_imagefolder, load_pt
 from .methods import METHODS, DistillationMethod, get_method, match_distance
 from .metrics import CLASS_AWARE_CMI
 from .models import REGISTERED_ARCHITECTURES, build_network, create_model, embed
-from .synthetic import Parametrization, PixelParametrization
+from .synthetic import (
+    CondensedSet,
+    MultiFormationParametrization,
+    Parametrization,
+    PixelParametrization,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "build_network", "CLASS_AWARE_CMI", "class_aware_cmi", "class_centroids", "CMIRegularizer", "create_model",
-    "DataError", "dataset_cmi", "DiffAugment", "DistillationMethod", "DSAConstants", "embed", "EvalProtocol",
-    "evaluate_architectures", "evaluate_random_subset", "evaluate_synthetic", "evaluate_whole_dataset",
-    "EvaluationResult", "export_set", "get_method", "get_protocol", "ImageClassificationData",
-    "load_image_classification", "load_imagefolder", "load_pt", "load_synthetic", "match_distance", "METHODS",
-    "Parametrization", "PixelParametrization", "PROTOCOLS", "RealImageStore", "REGISTERED_ARCHITECTURES",
-    "SyntheticSet", "__version__",
+    "build_network", "CLASS_AWARE_CMI", "class_aware_cmi", "class_centroids", "CMIRegularizer", "CondensedSet",
+    "create_model", "DataError", "dataset_cmi", "DiffAugment", "DistillationMethod", "DSAConstants", "embed",
+    "EvalProtocol", "evaluate_architectures", "evaluate_random_subset", "evaluate_synthetic",
+    "evaluate_whole_dataset", "EvaluationResult", "export_set", "get_method", "get_protocol",
+    "ImageClassificationData", "load_condensed", "load_image_classification", "load_imagefolder", "load_pt",
+    "load_synthetic", "match_distance", "METHODS", "MultiFormationParametrization", "Parametrization",
+    "PixelParametrization", "PROTOCOLS", "RealImageStore", "REGISTERED_ARCHITECTURES", "SyntheticSet",
+    "__version__",
 ]

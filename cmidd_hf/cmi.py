@@ -209,9 +209,10 @@ class CMIRegularizer(nn.Module):
         self.proxies.eval()
         return self
 
-    def proxy_index(self, step: int) -> int:
-        """Index of the proxy used at ``step``: a pure function of (seed, step)."""
-        return int(torch.randint(len(self.proxies), (1,), generator=generator(self.seed, "cmi-proxy", step)))
+    def proxy_index(self, *draw: int) -> int:
+        """Index of the proxy of a draw key (the step; IDC: step and image step): a pure function of
+        (seed, draw)."""
+        return int(torch.randint(len(self.proxies), (1,), generator=generator(self.seed, "cmi-proxy", *draw)))
 
     def is_active(self, step: int) -> bool:
         return self.weight > 0 and step % self.every == 0
@@ -239,7 +240,7 @@ class CMIRegularizer(nn.Module):
 
     def cmi(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, num_classes: int | None = None,
-        total_samples: int | None = None,
+        total_samples: int | None = None, draw: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
         """The (unweighted) CMI of ``images`` under the proxy of ``step``, normalized as configured.
 
@@ -255,7 +256,7 @@ class CMIRegularizer(nn.Module):
                 stacklevel=2,
             )
             self._warned_single_sample = True
-        proxy = self.proxies[self.proxy_index(step)]
+        proxy = self.proxies[self.proxy_index(*(draw or (step,)))]
         features, labels = self._features(proxy, images, labels)
         if self.normalization == "per_class":
             num_classes = num_classes or int(labels.max()) + 1
@@ -265,10 +266,10 @@ class CMIRegularizer(nn.Module):
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, step: int, num_classes: int | None = None,
-        total_samples: int | None = None,
+        total_samples: int | None = None, draw: tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """(λ·CMI, {"cmi": CMI}) at ``step``; (a zero tensor, {}) on skipped steps (the Regularizer protocol)."""
         if not self.is_active(step):
             return images.new_zeros(()), {}
-        value = self.cmi(images, labels, step, num_classes=num_classes, total_samples=total_samples)
+        value = self.cmi(images, labels, step, num_classes=num_classes, total_samples=total_samples, draw=draw)
         return self.weight * value, {"cmi": float(value.detach())}

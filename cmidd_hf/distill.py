@@ -4,10 +4,11 @@ One code path for 1 CPU, 1 GPU and many processes (Accelerate). How classes are 
 method's declared :class:`~cmidd_hf.methods.base.Sharding`; every random draw derives from
 (seed, tag, step, substep, class), so the synthetic set does not depend on the number of processes.
 
-An *iteration* is ``method.image_steps_per_iteration`` image steps (1 for DM, ``outer_loop`` for DC/DSA). Each
-image step: the method's named losses of the process's classes, plus the regularizer on the decoded,
-un-augmented images of those classes; one optimizer step; the gather the sharding asks for; the method's
-``after_image_step``. Checkpoints go through ``Accelerator.save_state`` (parametrization, optimizer, scheduler,
+An *iteration* is ``method.image_steps_per_iteration`` image steps (1 for DM, ``outer_loop`` for DC/DSA,
+``inner_loop`` for IDC), after the method's ``begin_iteration``. Each image step: the method's named losses of
+the process's classes, plus the regularizer on the method's ``regularizer_inputs`` of those classes (by
+default all their decoded, un-augmented images); one optimizer step; the gather the sharding asks for; the
+method's ``after_image_step``. Checkpoints go through ``Accelerator.save_state`` (parametrization, optimizer, scheduler,
 the method's own state, counters, RNG) into a temporary folder renamed into place, at iteration ends and — on
 SIGINT/SIGTERM — between image steps, so an interrupted DC iteration resumes inside itself. A non-finite
 loss stops the run, naming the step, with the last good checkpoint kept.
@@ -290,10 +291,10 @@ class Distiller:
         loss = sum(losses.values())
         values = {name: float(value.detach()) for name, value in losses.items()}
         if self.regularizer is not None and self.regularizer.is_active(step):
-            images, labels = self.synthetic.decode(self.my_classes)
+            images, labels = self.method.regularizer_inputs(self.synthetic, self.my_classes, step, substep)
             total = self.synthetic.num_classes * (len(images) // len(self.my_classes))
             reg_loss, logs = self.regularizer(images, labels, step, self.synthetic.num_classes,
-                                              total_samples=total)
+                                              total_samples=total, draw=self.method.regularizer_draw(step, substep))
             loss = loss + reg_loss
             values.update(logs)
         values["loss"] = float(loss.detach())
@@ -331,7 +332,7 @@ class Distiller:
             step = state.step
             iteration_started = time.perf_counter()
             if state.substep == 0:
-                self.method.begin_iteration(step)
+                self.method.begin_iteration(self.synthetic, step)
             stop = False
             while state.substep < steps_per_iteration:
                 try:

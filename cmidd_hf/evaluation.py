@@ -164,7 +164,7 @@ class _StoreSet:
         return self.store.images(pos, self.device), self.store.labels[pos].to(self.device)
 
 
-def _cutmix(x, y, generator):
+def cutmix(x, y, generator):
     """CutMix with lambda ~ Beta(1, 1) and a random partner permutation; returns mixed x, partner y, lambda."""
     n, _, h, w = x.shape
     lam = float(torch.rand((), generator=generator))
@@ -247,7 +247,7 @@ class NetworkTrainer:
                     x = self.augment(x, generator)
                 partner, lam = None, 1.0
                 if p.cutmix_prob > 0 and float(torch.rand((), generator=generator)) < p.cutmix_prob:
-                    x, partner, lam = _cutmix(x, y, generator)
+                    x, partner, lam = cutmix(x, y, generator)
                 x = x.contiguous(memory_format=self.memory_format)
                 logits = self._run(x).float()
                 loss = F.cross_entropy(logits, y)

@@ -26,7 +26,8 @@ from .card import asset_prefix, build_card_data, plain, render_card
 from .data import DataError, find_columns, known_stats
 from .hub_layout import write_hub_dataset
 from .outputs import save_grid, to_uint8_images
-from .run_folder import GRID
+from .run_folder import CONDENSED, GRID
+from .synthetic import CondensedSet
 
 
 @dataclass
@@ -43,6 +44,8 @@ class SyntheticSet:
         source: the real dataset it was distilled from (Hub id or name), if known.
         license: license of the source data (inherited by the set); None = unknown.
         config_name: the dataset config it is saved/pushed as ("default" -> ``data/``).
+        condensed: for multi-formation sets (IDC, IDM), the stored tensors and decode factor that ``images``
+            were decoded from; saved as ``condensed.safetensors`` next to the grid.
     """
 
     images: torch.Tensor
@@ -54,6 +57,7 @@ class SyntheticSet:
     source: str | None = None
     license: str | None = None
     config_name: str = "default"
+    condensed: CondensedSet | None = None
 
     def __post_init__(self) -> None:
         self.images = torch.as_tensor(self.images).detach().cpu().float().contiguous()
@@ -153,6 +157,8 @@ class SyntheticSet:
         with tempfile.TemporaryDirectory() as tmp:
             grid = save_grid(self.images, self.labels, self.mean, self.std, Path(tmp) / GRID)
             files = {f"{prefix}{GRID}": grid}
+            if self.condensed is not None:
+                files[f"{prefix}{CONDENSED}"] = save_condensed(self.condensed, Path(tmp) / CONDENSED)
             files.update({f"{prefix}{name}": path for name, path in (extra_files or {}).items()})
             return write_hub_dataset({"train": self.to_dataset()}, folder, card_data,
                                      lambda data: render_card(data, repo_id), config_name=self.config_name,
@@ -296,6 +302,36 @@ def load_synthetic(
         raise DataError(f"the card of {source!r} records no normalization for config {config!r}; pass mean= and "
                         "std=")
     license = card.license if card is not None else None
+    condensed_file = folder / asset_prefix(config or "default") / CONDENSED
+    condensed = load_condensed_file(condensed_file) if condensed_file.is_file() else None
     return SyntheticSet(images, labels, class_names, tuple(mean), tuple(std), block,
-                        sources[0] if sources else None, license, config or "default")
+                        sources[0] if sources else None, license, config or "default", condensed)
+
+
+def load_condensed(source: str | os.PathLike, config: str | None = None,
+                   revision: str | None = None) -> CondensedSet:
+    """The stored (condensed) tensors and decode factor of a multi-formation set (IDC, IDM), from a folder or
+    Hub repo; :func:`load_synthetic` gives the decoded training images."""
+    synthetic = load_synthetic(source, config, revision)
+    if synthetic.condensed is None:
+        raise DataError(f"{source!r} (config {synthetic.config_name!r}) holds no {CONDENSED}: it is not a "
+                        "multi-formation set; use load_synthetic for its images")
+    return synthetic.condensed
+
+
+def save_condensed(condensed: CondensedSet, path: Path) -> Path:
+    """``pixels`` and ``labels`` as safetensors, the factor in the metadata."""
+    from safetensors.torch import save_file
+
+    save_file({"pixels": condensed.pixels.contiguous().float(), "labels": condensed.labels.long()}, str(path),
+              metadata={"factor": str(condensed.factor), "decode": "single", "pixel_scale": "0..1"})
+    return path
+
+
+def load_condensed_file(path: Path) -> CondensedSet:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        factor = int(f.metadata()["factor"])
+        return CondensedSet(f.get_tensor("pixels"), f.get_tensor("labels"), factor)
 

@@ -26,6 +26,7 @@ from .data import DataError
 from .hub import SyntheticSet
 from .hub_layout import replace_dir
 from .outputs import to_uint8_images
+from .synthetic import CondensedSet
 
 
 def _normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
@@ -33,12 +34,17 @@ def _normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def export_pt(synthetic: SyntheticSet, path: str | os.PathLike, normalized: bool = True) -> Path:
-    """``{"data": [[images, labels]], ...}`` (the DC/DSA/DM layout) plus class names and normalization."""
+    """``{"data": [[images, labels]], ...}`` (the DC/DSA/DM layout) plus class names and normalization; for a
+    multi-formation set, IDC's ``data.pt`` layout: ``[stored pixels in [0, 1], labels]`` (decode it with the
+    set's factor, recorded in its card and in ``condensed.safetensors``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = synthetic.images if normalized else synthetic.denormalized()
-    payload = {"data": [[images.clone(), synthetic.labels.clone()]], "class_names": list(synthetic.class_names),
-               "mean": list(synthetic.mean), "std": list(synthetic.std), "normalized": normalized}
+    if synthetic.condensed is not None:
+        payload = [synthetic.condensed.pixels.clone(), synthetic.condensed.labels.clone()]
+    else:
+        images = synthetic.images if normalized else synthetic.denormalized()
+        payload = {"data": [[images.clone(), synthetic.labels.clone()]], "class_names": list(synthetic.class_names),
+                   "mean": list(synthetic.mean), "std": list(synthetic.std), "normalized": normalized}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -81,14 +87,18 @@ def load_pt(
     labels_path: str | os.PathLike | None = None,
     experiment: int = -1,
     source: str | None = None,
+    factor: int = 1,
 ) -> SyntheticSet:
     """A ``SyntheticSet`` from a ``.pt`` file of one of the research repos' layouts (see the module doc).
 
     ``normalized``: whether the tensors are normalized with ``mean``/``std`` (True) or [0, 1] pixels (False);
     required unless the file records it. Labels come from the file, ``labels_path``, or — for a bare image
     tensor — the class-sorted layout (equal images per class, class 0 first). ``class_names``/``mean``/``std``
-    default to what the file records.
+    default to what the file records. ``factor`` > 1: the tensors are multi-formation stored images (IDC's
+    ``data.pt`` with ``-f FACTOR``), decoded into factor² images each; the set keeps them as ``condensed``.
     """
+    if factor < 1:
+        raise DataError(f"factor={factor}: must be >= 1")
     images, labels, meta = _pairs_from(torch.load(path, map_location="cpu", weights_only=True), experiment)
     if labels_path is not None:
         labels = torch.load(labels_path, map_location="cpu", weights_only=True)
@@ -114,6 +124,15 @@ def load_pt(
     labels = labels.long()
     if not names:
         names = [str(c) for c in range(int(labels.max()) + 1)]
+    if factor > 1:
+        order = torch.argsort(labels, stable=True)
+        pixels = images[order] if not normalized else images[order] * torch.tensor(std).view(1, -1, 1, 1) + \
+            torch.tensor(mean).view(1, -1, 1, 1)
+        condensed = CondensedSet(pixels, labels[order], factor)
+        decoded, decoded_labels = condensed.decode(mean, std)
+        return SyntheticSet(decoded, decoded_labels, names, tuple(mean), tuple(std),
+                            {"imported_from": str(path), "parametrization": {"factor": factor}}, source,
+                            condensed=condensed)
     if not normalized:
         images = _normalize(images, mean, std)
     return SyntheticSet(images, labels, names, tuple(mean), tuple(std), {"imported_from": str(path)}, source)
@@ -147,8 +166,9 @@ def export_imagefolder(synthetic: SyntheticSet, path: str | os.PathLike) -> Path
 
 
 def export_set(synthetic: SyntheticSet, format: str, path: str | os.PathLike, normalized: bool = True) -> Path:
-    """Write ``synthetic`` for other tools: ``"pt"`` (DC/DSA/DM-style ``{'data': [[images, labels]]}``) or
-    ``"imagefolder"`` (one sub-folder per class, PNGs; DD-Ranking / SRe2L style)."""
+    """Write ``synthetic`` for other tools: ``"pt"`` (DC/DSA/DM-style ``{'data': [[images, labels]]}``; IDC's
+    ``[pixels, labels]`` of the stored images for a multi-formation set) or ``"imagefolder"`` (one sub-folder
+    per class, PNGs of the decoded images; DD-Ranking / SRe2L style)."""
     if format == "pt":
         return export_pt(synthetic, path, normalized)
     if format == "imagefolder":

@@ -10,6 +10,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 GRID = "grid.png"
+#: the stored tensors of a multi-formation set (IDC, IDM), next to the grid
+CONDENSED = "condensed.safetensors"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 #: written into every checkpoint folder: counters and the run's identity

@@ -174,7 +174,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         }
         synthetic_set = SyntheticSet(images, labels, data.class_names, data.mean, data.std, distillation,
                                      source=data_args.dataset, license=data.license,
-                                     config_name=recipe.hub.hub_config)
+                                     config_name=recipe.hub.hub_config, condensed=distiller.synthetic.condensed())
         if baselines:
             synthetic_set.record_results(baselines, kind="baselines")
         plot_curves(folder.metrics, folder.curves)

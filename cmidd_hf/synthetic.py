@@ -13,9 +13,11 @@ them back, whatever the parametrization.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .data import RealImageStore
 from .seeding import generator
@@ -57,6 +59,10 @@ class Parametrization(nn.Module):
         """What the dataset card records about the parametrization."""
         return {"type": type(self).__name__, "rows_per_class": self.rows_per_class}
 
+    def condensed(self) -> CondensedSet | None:
+        """The stored tensors when they differ from the decoded images (multi-formation), else None."""
+        return None
+
 
 class PixelParametrization(Parametrization):
     """Full-resolution pixels in normalized space, ``ipc`` per class, hard labels; decode is the identity."""
@@ -85,3 +91,147 @@ class PixelParametrization(Parametrization):
             return self.images, self.labels
         rows = self.rows_of(classes).to(self.images.device)
         return self.images[rows], self.labels[rows]
+
+
+# ------------------------------------------------------------------------------------------ multi-formation
+
+
+def split_sizes(length: int, factor: int) -> list[int]:
+    """Lengths of ``factor`` consecutive parts of ``length`` pixels: the first ``length % factor`` parts are one
+    pixel longer (IDC's initialization layout; without a remainder every part has ``length // factor``)."""
+    if not 1 <= factor <= length:
+        raise ValueError(f"factor={factor} must be between 1 and the image side {length}")
+    base, extra = divmod(length, factor)
+    return [base + 1 if i < extra else base for i in range(factor)]
+
+
+def mosaic_boxes(height: int, width: int, factor: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of the ``factor``² crops of a stored image, row-major (IDC's order)."""
+    boxes, top = [], 0
+    for h in split_sizes(height, factor):
+        left = 0
+        for w in split_sizes(width, factor):
+            boxes.append((top, left, h, w))
+            left += w
+        top += h
+    return boxes
+
+
+def decode_mosaic(stored: torch.Tensor, factor: int) -> torch.Tensor:
+    """Multi-formation decode (IDC ``decode_type single``): every stored image -> its ``factor``² crops, each
+    bilinearly upsampled to the full size. Output order is crop-major as in IDC: [crop 0 of every image,
+    crop 1 of every image, ...]. ``factor`` 1 is the identity."""
+    if factor == 1:
+        return stored
+    height, width = stored.shape[-2:]
+    crops = [F.interpolate(stored[:, :, top:top + h, left:left + w], size=(height, width), mode="bilinear",
+                           align_corners=False) for top, left, h, w in mosaic_boxes(height, width, factor)]
+    return torch.cat(crops)
+
+
+def tile_mosaic(images: torch.Tensor, factor: int, mode: str = "nearest") -> torch.Tensor:
+    """The inverse layout of :func:`decode_mosaic` for initialization: ``factor``² groups of n full-size
+    images (group k = crop k) downsampled with ``mode`` and tiled into n stored images."""
+    groups = factor * factor
+    if len(images) % groups:
+        raise ValueError(f"{len(images)} images do not split into {groups} mosaic groups")
+    n = len(images) // groups
+    height, width = images.shape[-2:]
+    stored = images.new_zeros((n, *images.shape[1:]))
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    for k, (top, left, h, w) in enumerate(mosaic_boxes(height, width, factor)):
+        stored[:, :, top:top + h, left:left + w] = F.interpolate(images[k * n:(k + 1) * n], size=(h, w), mode=mode,
+                                                                 **kwargs)
+    return stored
+
+
+@dataclass
+class CondensedSet:
+    """The stored tensors of a multi-formation set: ``pixels`` [n, C, H, W] in pixel scale (0..1 for valid
+    images; not clipped), class-sorted hard ``labels`` [n], and the decode ``factor``."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    factor: int
+
+    def decode(self, mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized decoded training images and their labels (class-sorted, crop-major within a class)."""
+        images, labels = [], []
+        for c in torch.unique(self.labels, sorted=True).tolist():
+            rows = self.labels == c
+            images.append(decode_mosaic(self.pixels[rows].float(), self.factor))
+            labels.append(torch.full((len(images[-1]),), c, dtype=torch.long))
+        mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        return (torch.cat(images) - mean_t) / std_t, torch.cat(labels)
+
+
+class MultiFormationParametrization(Parametrization):
+    """IDC/IDM multi-formation: ``ipc`` stored full-size images per class, each decoding into ``factor``²
+    training images (crops upsampled, :func:`decode_mosaic`).
+
+    ``unit_pixels=True`` stores pixels in [0, 1] (IDC) and normalizes in ``decode``; False stores normalized
+    values (IDM). Either way ``decode`` returns normalized images.
+    """
+
+    def __init__(self, stored: torch.Tensor, num_classes: int, factor: int, mean: Sequence[float],
+                 std: Sequence[float], unit_pixels: bool) -> None:
+        if len(stored) % num_classes:
+            raise ValueError(f"{len(stored)} stored images do not split into {num_classes} classes of equal size")
+        super().__init__(num_classes, len(stored) // num_classes)
+        split_sizes(min(stored.shape[-2:]), factor)  # validates the factor
+        self.factor, self.unit_pixels = factor, unit_pixels
+        self.stored = nn.Parameter(stored.detach().clone().float())
+        self.register_buffer("labels", class_sorted_labels(num_classes, self.rows_per_class))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    @classmethod
+    def from_real_mix(cls, store: RealImageStore, ipc: int, factor: int, seed: int, unit_pixels: bool,
+                      mode: str = "nearest") -> MultiFormationParametrization:
+        """IDC's ``init mix``: ``ipc``·factor² distinct real images of each class, drawn from (seed, class)
+        (the official code takes the first ones of the class), downsampled with ``mode`` and tiled."""
+        per_class = []
+        for c in range(store.num_classes):
+            images = store.sample(c, ipc * factor * factor, generator(seed, "init", c))
+            pixels = store.denormalize(images)
+            tiled = tile_mosaic(pixels, factor, mode)
+            per_class.append(tiled if unit_pixels else (tiled - store.mean) / store.std)
+        return cls(torch.cat(per_class), store.num_classes, factor, store.mean.flatten().tolist(),
+                   store.std.flatten().tolist(), unit_pixels)
+
+    @property
+    def decoded_per_class(self) -> int:
+        return self.rows_per_class * self.factor * self.factor
+
+    def decode(self, classes: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        classes = range(self.num_classes) if classes is None else classes
+        images = []
+        for c in classes:
+            stored = self.stored[c * self.rows_per_class:(c + 1) * self.rows_per_class]
+            decoded = decode_mosaic(stored, self.factor)
+            images.append((decoded - self.mean) / self.std if self.unit_pixels else decoded)
+        labels = class_sorted_labels(len(images), self.decoded_per_class).to(self.labels.device)
+        if not images:
+            return self.stored[:0], labels
+        classes_t = torch.as_tensor(list(classes), device=self.labels.device)
+        return torch.cat(images), classes_t[labels]
+
+    def clamp_pixels(self) -> None:
+        """Clamp the stored pixels to the valid range [0, 1] (in the storage's space)."""
+        with torch.no_grad():
+            if self.unit_pixels:
+                self.stored.clamp_(0.0, 1.0)
+            else:
+                self.stored.copy_(torch.maximum(torch.minimum(self.stored, (1 - self.mean) / self.std),
+                                                -self.mean / self.std))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "factor": self.factor, "decode": "single (crops upsampled bilinearly)",
+                "decoded_per_class": self.decoded_per_class,
+                "storage": "pixels in [0, 1]" if self.unit_pixels else "normalized"}
+
+    def condensed(self) -> CondensedSet:
+        pixels = self.stored.detach().cpu()
+        if not self.unit_pixels:
+            pixels = pixels * self.std.cpu() + self.mean.cpu()
+        return CondensedSet(pixels.clone(), self.labels.cpu().clone(), self.factor)

@@ -5,6 +5,7 @@
     python scripts/evaluate_synthetic.py your-org/cifar10-dm-cmi-ipc10 --arch convnet3 --update-card --push
     python scripts/evaluate_synthetic.py res_DM_CIFAR10_ConvNet_10ipc.pt --normalized --dataset uoft-cs/cifar10
     python scripts/evaluate_synthetic.py images_best.pt --labels labels_best.pt --normalized --dataset uoft-cs/cifar10
+    python scripts/evaluate_synthetic.py data.pt --pixels --factor 2 --dataset uoft-cs/cifar10 --protocol idc
     python scripts/evaluate_synthetic.py syn_data/ --dataset uoft-cs/cifar10 --save outputs/imported
 
 SOURCE is a folder written by cmidd-hf (or any Hub-layout image dataset), a Hub dataset repo id, a ``.pt`` file
@@ -62,7 +63,7 @@ def load_source(args, kind: str) -> tuple[SyntheticSet, object]:
         if kind == "pt":
             normalized = True if args.normalized else (False if args.pixels else None)
             synthetic = load_pt(args.source, normalized=normalized, labels_path=args.labels,
-                                experiment=args.experiment, **common)
+                                experiment=args.experiment, factor=args.factor, **common)
         else:
             synthetic = load_imagefolder(args.source, **common)
     if synthetic.num_classes != data.num_classes or synthetic.image_shape != data.image_shape:
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     space.add_argument("--pixels", action="store_true", help=".pt tensors are [0, 1] pixels")
     parser.add_argument("--labels", default=None, help=".pt file of labels (MTT's labels_best.pt)")
     parser.add_argument("--experiment", type=int, default=-1, help="which experiment of a DC/DM 'data' list")
+    parser.add_argument("--factor", type=int, default=1, help="IDC data.pt: its multi-formation factor (-f); the "
+                                                              "stored images are decoded into factor² each")
     parser.add_argument("--update-card", dest="update_card", action="store_true",
                         help="record the results in the set's card")
     parser.add_argument("--push", action="store_true", help="with --update-card on a repo: re-push it")

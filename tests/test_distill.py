@@ -53,7 +53,7 @@ def test_dm_loss_decreases_and_images_move(mnist, tmp_path):
     start = distiller.synthetic.images.detach().clone()
 
     def step0_loss():
-        distiller.method.begin_iteration(0)
+        distiller.method.begin_iteration(distiller.synthetic, 0)
         return float(distiller.method.matching_loss(distiller.synthetic, range(10), 0).detach())
 
     first = step0_loss()
@@ -69,11 +69,11 @@ def test_dm_network_reinitialized_in_place_from_seed(mnist):
     method = make_dm(mnist, batch_real=4, seed=3)
     conv = method.net.features[0]
     identity = id(conv.weight)
-    method.begin_iteration(5)
+    method.begin_iteration(None, 5)
     w5 = conv.weight.detach().clone()
-    method.begin_iteration(6)
+    method.begin_iteration(None, 6)
     assert not torch.equal(w5, conv.weight)
-    method.begin_iteration(5)
+    method.begin_iteration(None, 5)
     assert torch.equal(w5, conv.weight) and id(conv.weight) == identity
     assert not any(p.requires_grad for p in method.net.parameters())
 
@@ -81,7 +81,7 @@ def test_dm_network_reinitialized_in_place_from_seed(mnist):
 def test_dm_per_class_losses_add_up(mnist):
     method = make_dm(mnist, batch_real=4, seed=0)
     synthetic = PixelParametrization.from_real(mnist.train, 2, 0)
-    method.begin_iteration(3)
+    method.begin_iteration(synthetic, 3)
     whole = method.matching_loss(synthetic, range(10), step=3)
     parts = method.matching_loss(synthetic, range(5), step=3) + method.matching_loss(synthetic, range(5, 10), step=3)
     assert torch.allclose(whole, parts, rtol=1e-5)
@@ -202,7 +202,7 @@ def test_resumed_metrics_forget_the_old_final_record(mnist, tmp_path):
 # ------------------------------------------------------------------------------------------ the recipe
 
 
-FIXTURES = {"dm": TINY, "dsa": ROOT / "tests" / "fixtures" / "tiny_dsa_cmi.yaml"}
+FIXTURES = {"dm": TINY, **{m: ROOT / "tests" / "fixtures" / f"tiny_{m}_cmi.yaml" for m in ("dsa", "idc", "idm")}}
 
 
 def run_recipe(tmp_path, method, *extra, launcher=None, env=None):
@@ -215,7 +215,7 @@ def run_recipe(tmp_path, method, *extra, launcher=None, env=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dm", "dsa"])
+@pytest.mark.parametrize("method", ["dm", "dsa", "idc", "idm"])
 def test_one_and_two_processes_give_the_same_synthetic_set(tmp_path, method):
     """Bit-identical sets (same threads per process, so the same kernels); final runs split over processes."""
     common = ("--run_name", "r", "--threads_per_process", "1")
@@ -237,10 +237,13 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tmp_path, method):
         meta = yaml.safe_load((tmp_path / n / "out" / "r" / "README.md").read_text().split("---")[1])
         block = meta["distillation"]["default"]
         (result,) = block["results"]
-        assert block["method"] == method and block["method_config"]["lr_img"] == (1.0 if method == "dm" else 0.1)
+        assert block["method"] == method
+        assert block["method_config"]["lr_img"] == {"dm": 1.0, "dsa": 0.1, "idc": 0.01, "idm": 0.2}[method]
         if method == "dsa":
             assert (block["method_config"]["outer_loop"], block["method_config"]["inner_loop"]) == (2, 2)
             assert block["augmentation"] == "color_crop_cutout_scale_rotate"  # digits: no flip
+        if method in ("idc", "idm"):
+            assert block["parametrization"]["factor"] == 2 and block["parametrization"]["decoded_per_class"] == 8
         runs = 1 if method == "dm" else 2
         assert result["seeds"] == list(range(runs)) and len(result["accuracies"]) == runs
 

@@ -12,7 +12,7 @@ from cmidd_hf import (
     get_protocol,
     load_image_classification,
 )
-from cmidd_hf.evaluation import _cutmix, default_augmentation
+from cmidd_hf.evaluation import cutmix, default_augmentation
 
 FAST = dict(compile=False, progress=False)
 
@@ -68,8 +68,8 @@ def test_idc_protocol_uses_cutmix_and_learns(mnist, monkeypatch):
     import cmidd_hf.evaluation as evaluation
 
     calls = []
-    real_cutmix = evaluation._cutmix
-    monkeypatch.setattr(evaluation, "_cutmix", lambda *a: calls.append(1) or real_cutmix(*a))
+    real_cutmix = evaluation.cutmix
+    monkeypatch.setattr(evaluation, "cutmix", lambda *a: calls.append(1) or real_cutmix(*a))
     images, labels = subset(mnist, 5)
     result = evaluate_synthetic(images, labels, mnist.test, protocol="idc", runs=1, epochs=12, **FAST)
     assert result.protocol == "idc" and result.protocol_config["cutmix_prob"] == 0.5
@@ -81,7 +81,7 @@ def test_idc_protocol_uses_cutmix_and_learns(mnist, monkeypatch):
 def test_cutmix_mixes_a_box_and_reports_its_area():
     x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 8, 8).contiguous()  # image i is all i
     y = torch.arange(4)
-    mixed, partner, lam = _cutmix(x, y, torch.Generator().manual_seed(2))
+    mixed, partner, lam = cutmix(x, y, torch.Generator().manual_seed(2))
     assert 0.0 < lam < 1.0 and mixed.shape == x.shape
     for i in range(4):
         pasted = mixed[i].eq(float(partner[i]))

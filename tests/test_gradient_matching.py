@@ -64,18 +64,20 @@ def test_match_distance_ours_by_hand():
     assert torch.equal(match_distance(other_bias, real, "ours"), value)  # 1-D tensors contribute 0
 
 
-def test_match_distance_mse_and_cos_by_hand():
+def test_match_distance_mse_l1_and_cos_by_hand():
     syn, real = hand_built_gradients()
     flat_s = [v for t in syn for v in t.reshape(-1).tolist()]
     flat_r = [v for t in real for v in t.reshape(-1).tolist()]
     mse = sum((a - b) ** 2 for a, b in zip(flat_s, flat_r, strict=True))
     cos = 1 - sum(a * b for a, b in zip(flat_s, flat_r, strict=True)) / (
         math.sqrt(sum(a * a for a in flat_s)) * math.sqrt(sum(b * b for b in flat_r)) + 1e-6)
+    l1 = sum(abs(a - b) for a, b in zip(flat_s, flat_r, strict=True))
     assert float(match_distance(syn, real, "mse")) == pytest.approx(mse, rel=1e-6)
+    assert float(match_distance(syn, real, "l1")) == pytest.approx(l1, rel=1e-6)
     assert float(match_distance(syn, real, "cos")) == pytest.approx(cos, abs=1e-6)
     assert float(match_distance(real, real, "cos")) == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(ValueError, match="unknown metric='l1'"):
-        match_distance(syn, real, "l1")
+    with pytest.raises(ValueError, match="unknown metric='l2'"):
+        match_distance(syn, real, "l2")
 
 
 def test_match_distance_on_random_gradients_matches_reference():
@@ -100,14 +102,14 @@ def test_official_loops_and_explicit_ones():
 def test_image_gradient_flows_through_the_parameter_gradients(mnist):
     method = make(mnist, DC)
     synthetic = PixelParametrization.from_real(mnist.train, 2, seed=0)
-    method.begin_iteration(0)
+    method.begin_iteration(synthetic, 0)
     loss = method.losses(synthetic, [0, 1], 0, 0)["matching_loss"]
     loss.backward()
     grad = synthetic.images.grad
     assert grad[:4].abs().sum() > 0 and grad[4:].abs().sum() == 0  # only classes 0 and 1 were matched
     with torch.no_grad():  # a small step against the gradient lowers the same (step, substep) loss
         synthetic.images -= 1e-3 * grad / grad.norm()
-    method.begin_iteration(0)
+    method.begin_iteration(synthetic, 0)
     assert float(method.losses(synthetic, [0, 1], 0, 0)["matching_loss"].detach()) < float(loss.detach())
 
 
@@ -117,7 +119,7 @@ def test_batch_norm_statistics_are_set_from_real_images_then_frozen(mnist):
     for classes in ([0], list(range(10))):  # matching one class or ten: the frozen statistics are the same
         torch.manual_seed(0)
         method = make(mnist, DC, net_arch="convnet3_bn", bn_real_per_class=4)
-        method.begin_iteration(0)
+        method.begin_iteration(synthetic, 0)
         method.losses(synthetic, classes, 0, 0)
         bns = method._batch_norms
         assert bns and all(not bn.training for bn in bns)
@@ -184,7 +186,7 @@ def test_compiled_network_gives_the_eager_losses_and_inner_loop(mnist):
         method = make(mnist, DSA)
         if compiled:
             method = DSA(method.config, MethodContext(**{**method.context.__dict__, "compile": True}))
-        method.begin_iteration(0)
+        method.begin_iteration(synthetic, 0)
         loss = method.losses(synthetic, [0, 1, 2], 0, 0)["matching_loss"].detach()
         method.after_image_step(synthetic, 0, 0)
         results.append((loss, [p.detach().clone() for p in method.params]))

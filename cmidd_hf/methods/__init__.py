@@ -12,9 +12,12 @@ from .base import (
 )
 from .dm import DistributionMatching, DMConfig
 from .gradient_matching import DC, DSA, DCConfig, DSAConfig, match_distance
+from .idc import IDC, IDCConfig
+from .idm import IDM, IDMConfig
 
 __all__ = [
-    "DC", "DCConfig", "DMConfig", "DSA", "DSAConfig", "DistillationMethod", "DistributionMatching", "METHODS",
+    "DC", "DCConfig", "DMConfig", "DSA", "DSAConfig", "IDC", "IDCConfig", "IDM", "IDMConfig",
+    "DistillationMethod", "DistributionMatching", "METHODS",
     "MethodConfig", "MethodConfigError", "MethodContext", "Sharding", "get_method", "match_distance",
     "register_method",
 ]

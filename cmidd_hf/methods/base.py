@@ -6,10 +6,13 @@ subclass registered by name. The engine (:class:`cmidd_hf.distill.Distiller`) on
 * :meth:`~DistillationMethod.init_synthetic` — the parametrization to learn (pixels by default);
 * :meth:`~DistillationMethod.make_optimizer` — the optimizer over the parametrization (and any learnable
   tensors the method owns), with an optional per-image-step scheduler;
-* :meth:`~DistillationMethod.begin_iteration` — per-iteration work (a fresh random network);
+* :meth:`~DistillationMethod.begin_iteration` — per-iteration work (a fresh random network, a pixel clamp);
 * :meth:`~DistillationMethod.losses` — one image step's losses of some classes, as named tensors (summed into
   the loss, all logged);
 * :meth:`~DistillationMethod.after_image_step` — work between image steps (the DC/DSA inner loop);
+* :meth:`~DistillationMethod.regularizer_inputs` / :meth:`~DistillationMethod.regularizer_draw` — which
+  decoded images the regularizer sees (all of a class's by default; IDC: at most 128) and the key of its
+  random draws (the iteration by default; IDC: the image step);
 * :meth:`~DistillationMethod.state_dict` / :meth:`~DistillationMethod.load_state_dict` — the method's own
   state, saved with every checkpoint so that resuming is bit-exact.
 
@@ -171,7 +174,7 @@ class DistillationMethod:
         optimizer = torch.optim.SGD(synthetic.parameters(), lr=self.config.lr_img, momentum=self.config.momentum_img)
         return optimizer, None
 
-    def begin_iteration(self, step: int) -> None:
+    def begin_iteration(self, synthetic: Parametrization, step: int) -> None:
         """Called before the first image step of iteration ``step`` (not again when resuming inside it)."""
 
     def losses(self, synthetic: Parametrization, classes: Sequence[int], step: int,
@@ -181,6 +184,15 @@ class DistillationMethod:
 
     def after_image_step(self, synthetic: Parametrization, step: int, substep: int) -> None:
         """Called after every image step (with the whole set gathered under CLASS_GATHERED sharding)."""
+
+    def regularizer_inputs(self, synthetic: Parametrization, classes: Sequence[int], step: int,
+                           substep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The un-augmented images (and labels) of ``classes`` the regularizer sees: all decoded ones."""
+        return synthetic.decode(classes)
+
+    def regularizer_draw(self, step: int, substep: int) -> tuple[int, ...]:
+        """The key of the regularizer's random draws (e.g. its proxy) at an image step: the iteration."""
+        return (step,)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -98,7 +98,7 @@ class DistributionMatching(DistillationMethod):
     def _embed_eager(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
 
-    def begin_iteration(self, step: int) -> None:
+    def begin_iteration(self, synthetic: Parametrization, step: int) -> None:
         """Fresh random weights for ``step``, drawn in place from (seed, step)."""
         reset_in_place(self._resettable, derive_seed(self.seed, "dm-net", step))
 

@@ -41,7 +41,7 @@ from .base import (
     resolve_strategy,
 )
 
-METRICS = ("ours", "mse", "cos")
+METRICS = ("ours", "mse", "l1", "cos")
 
 #: (outer_loop, inner_loop) of the official ``get_loops`` by IPC.
 OFFICIAL_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -64,6 +64,7 @@ def match_distance(syn_grads: Sequence[torch.Tensor], real_grads: Sequence[torch
       weights as they are, summed layer-wise cosine distances over rows; 1-D tensors (biases, norm affines)
       contribute 0;
     * ``"mse"``: the sum of squared differences of all entries;
+    * ``"l1"``: the sum of absolute differences of all entries (IDC's MNIST / Fashion-MNIST setting);
     * ``"cos"``: 1 − the cosine between the concatenated vectors.
     """
     if len(syn_grads) != len(real_grads):
@@ -75,6 +76,8 @@ def match_distance(syn_grads: Sequence[torch.Tensor], real_grads: Sequence[torch
     real = torch.cat([g.reshape(-1) for g in real_grads])
     if metric == "mse":
         return ((syn - real) ** 2).sum()
+    if metric == "l1":
+        return (syn - real).abs().sum()
     if metric == "cos":
         return 1 - (syn * real).sum() / (syn.norm() * real.norm() + 1e-6)
     raise ValueError(f"unknown metric={metric!r}; choose one of {list(METRICS)}")
@@ -179,7 +182,7 @@ class DC(DistillationMethod):
     def image_steps_per_iteration(self) -> int:
         return self.outer_loop
 
-    def begin_iteration(self, step: int) -> None:
+    def begin_iteration(self, synthetic: Parametrization, step: int) -> None:
         """A fresh network (weights and BN statistics) and optimizer drawn from (seed, step)."""
         reset_in_place(self._resettable, derive_seed(self.seed, "dc-net", step))
         for bn in self._batch_norms:
