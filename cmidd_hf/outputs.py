@@ -89,3 +89,65 @@ def plot_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Pat
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+@torch.no_grad()
+def proxy_features(proxy: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Penultimate features of ``images`` (normalized) under a timm-style proxy, in eval mode, on the CPU."""
+    was_training = proxy.training
+    proxy.eval()
+    device = next(proxy.parameters()).device
+    features = [proxy.forward_head(proxy.forward_features(images[i:i + batch_size].to(device).float()),
+                                   pre_logits=True).float().cpu() for i in range(0, len(images), batch_size)]
+    proxy.train(was_training)
+    return torch.cat(features)
+
+
+def plot_tsne(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], real: tuple[torch.Tensor, torch.Tensor],
+              proxy: torch.nn.Module, path: str | os.PathLike, class_names: list[str] | None = None,
+              seed: int = 0) -> Path:
+    """t-SNE of real and synthetic features under ``proxy``, one panel per synthetic set (paper Figs. 1 and 7).
+
+    Each panel embeds the real sample and that set jointly (scikit-learn ``TSNE``, PCA init, fixed
+    ``random_state``): small dots are real images, large outlined markers synthetic ones, coloured by class.
+    Each title gives the set's class-aware CMI under the proxy (feature space, nats).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    from .cmi import class_aware_cmi
+
+    real_images, real_labels = real
+    real_features = proxy_features(proxy, real_images)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), squeeze=False)
+    cmap = plt.get_cmap("tab10" if int(real_labels.max()) < 10 else "tab20")
+    for ax, (title, (images, labels)) in zip(axes[0], panels.items(), strict=True):
+        features = proxy_features(proxy, images)
+        cmi = float(class_aware_cmi(features, labels.long()))
+        joint = torch.cat([real_features, features]).numpy()
+        perplexity = min(30.0, (len(joint) - 1) / 3)
+        points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(joint)
+        n = len(real_features)
+        ax.scatter(points[:n, 0], points[:n, 1], c=[cmap(int(y)) for y in real_labels], s=4, alpha=0.35,
+                   linewidths=0)
+        ax.scatter(points[n:, 0], points[n:, 1], c=[cmap(int(y)) for y in labels], s=46, edgecolors="black",
+                   linewidths=0.8, marker="*")
+        ax.set_title(f"{title}\nCMI {cmi:.4f} nats", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if class_names:
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=cmap(i), label=name)
+                   for i, name in enumerate(class_names)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(10, len(class_names)), fontsize=7)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

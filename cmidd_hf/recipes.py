@@ -32,6 +32,9 @@ class DataArguments:
     label_column: str | None = field(default=None, metadata={"help": "label column (default: found by type)"})
     train_split: str = "train"
     test_split: str = "test"
+    validation_per_class: int = field(default=0, metadata={
+        "help": "hold out this many training images per class (never distilled from) and report the final "
+                "networks' accuracy on them: choose λ on these, never on the test split"})
 
 
 @dataclass
@@ -179,6 +182,7 @@ def validate(recipe: DistillRecipe) -> None:
         if value < 1:
             raise ConfigError(f"{name}={value}: must be >= 1")
     for name, value in (("iterations", run.iterations), ("checkpoint_every", run.checkpoint_every),
+                        ("validation_per_class", data.validation_per_class),
                         ("eval_every", ev.eval_every), ("keep_checkpoints", run.keep_checkpoints)):
         if value < 0:
             raise ConfigError(f"{name}={value}: must be >= 0")

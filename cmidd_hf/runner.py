@@ -33,6 +33,7 @@ def fingerprint(recipe: DistillRecipe, data: ImageClassificationData) -> dict:
     """What a checkpoint must share with the run resuming it."""
     return {"dataset": recipe.data.dataset, "ipc": recipe.synthetic.ipc, "image_shape": list(data.image_shape),
             "num_classes": data.num_classes, "method": recipe.run.method, "seed": recipe.run.seed,
+            "validation_per_class": recipe.data.validation_per_class,
             **recipe.method.identity()}
 
 
@@ -84,7 +85,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     data = load_image_classification(
         data_args.dataset, config_name=data_args.dataset_config, image_column=data_args.image_column,
         label_column=data_args.label_column, train_split=data_args.train_split, test_split=data_args.test_split,
-        seed=run.seed)
+        validation_per_class=data_args.validation_per_class, seed=run.seed)
     smallest = min(data.train.class_count(c) for c in range(data.num_classes))
     if ipc > smallest:
         raise ConfigError(f"ipc={ipc} exceeds the {smallest} training images of the smallest class of "
@@ -139,7 +140,8 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     results = []
     for arch in ev.eval_archs:
         result = evaluate_across_processes(accelerator, lambda runs, seed, arch=arch: evaluate_synthetic(
-            images, labels, data.test, arch=arch, runs=runs, seed=seed, **eval_options), ev.eval_runs, run.seed)
+            images, labels, data.test, arch=arch, runs=runs, seed=seed, validation=data.validation, **eval_options),
+            ev.eval_runs, run.seed)
         accelerator.print(f"final accuracy {result}")
         results.append(result.to_dict())
     baselines = []

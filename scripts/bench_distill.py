@@ -1,14 +1,20 @@
 """Seconds per (outer) iteration of a method with and without CMI on CIFAR-10-shaped data, and peak memory.
 
 Random tensors stand in for CIFAR-10 (timing only): 10 classes, 3x32x32, 300 images per class, the method's
-official settings (DM: batch_real 256, DSA on; DC/DSA: batch_real 256, get_loops(IPC), network SGD 0.01), a
-ResNet-18 (instance norm) proxy for the CMI term. The timed loop is the engine users run
-(:class:`cmidd_hf.distill.Distiller`), on one process; each configuration runs in its own subprocess so that
-peak memory is its own. Iteration times come from the run's metrics.jsonl (``seconds``), warm-up excluded.
+official settings (DM: batch_real 256, DSA on; DC/DSA: batch_real 256, get_loops(IPC), network SGD 0.01; IDC:
+factor 2, 100 image steps per iteration, n_data 2000; IDM: factor 2, a pool of networks), a ResNet-18 (instance
+norm) proxy for the CMI term (λ as the CIFAR-10 presets: global 8000 / 50000 for DM / DC / DSA, per class 100
+for IDC, global 1000 for IDM). ``--set key=value`` overrides a method setting, e.g. ``--set inner_loop=10`` to
+time IDC's image steps on a shorter iteration (the line reports seconds per image step too). The timed loop is
+the engine users run (:class:`cmidd_hf.distill.Distiller`), on one process; each configuration runs in its own
+subprocess so that peak memory is its own. Iteration times come from the run's metrics.jsonl (``seconds``),
+warm-up excluded.
 
     python scripts/bench_distill.py --method dm                  # IPC 1 and 10, auto precision, compiled DM net
     python scripts/bench_distill.py --method dsa --ipc 1 10 --iterations 2
     python scripts/bench_distill.py --method dc --precision fp32 --no_compile
+    python scripts/bench_distill.py --method idc --ipc 10 --iterations 1 --set inner_loop=10
+    python scripts/bench_distill.py --method idm --ipc 10
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ import sys
 import tempfile
 
 import torch
+import yaml
 
 from cmidd_hf.precision import PRECISIONS, resolve_precision
 
+CMI = {"dm": (8000, "global"), "dc": (50000, "global"), "dsa": (50000, "global"), "idc": (100, "per_class"),
+       "idm": (1000, "global")}
+
 
 def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool, iterations: int,
-            warmup: int, cmi_every: int) -> dict:
+            warmup: int, cmi_every: int, overrides: dict) -> dict:
     from accelerate import Accelerator
 
     import cmidd_hf  # noqa: F401  (registers resnet18_cifar)
@@ -41,14 +51,17 @@ def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool
     store = RealImageStore(u8, torch.arange(10).repeat_interleave(300), 10, (0.4914, 0.4822, 0.4465),
                            (0.2023, 0.1994, 0.2010), (3, 32, 32))
     cls = get_method(method)
-    config = cls.config_class()
+    config = cls.config_class(**overrides)
+    config.validate()
     context = MethodContext(real=store, ipc=ipc, precision=precision, compile=compile,
                             augmentation=config.augmentation("cifar10"))
     algorithm = cls(config, context)
     regularizer = None
     if with_cmi:
         proxy = build_network("resnet18_cifar", 10, 3, (32, 32))
-        regularizer = CMIRegularizer([proxy], weight=8000, every=cmi_every, precision=precision)
+        weight, normalization = CMI[method]
+        regularizer = CMIRegularizer([proxy], weight=weight, normalization=normalization, every=cmi_every,
+                                     precision=precision)
     with tempfile.TemporaryDirectory() as out:
         distiller = Distiller(Accelerator(cpu=True), algorithm, algorithm.init_synthetic(), regularizer,
                               warmup + iterations, out, {}, progress=False)
@@ -62,37 +75,44 @@ def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", default="dm", choices=["dm", "dc", "dsa"])
+    parser.add_argument("--method", default="dm", choices=sorted(CMI))
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--iterations", type=int, default=None, help="timed iterations (default: DM 10, DC/DSA 2)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="timed iterations (default: DM and IDM 10, DC/DSA/IDC 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed first iterations")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--no_compile", action="store_true")
     parser.add_argument("--cmi_every", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="method settings, e.g. inner_loop=10 (values parsed as YAML)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    iterations = args.iterations or (10 if args.method == "dm" else 2)
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.overrides)}
+    iterations = args.iterations or (10 if args.method in ("dm", "idm") else 2)
     if args._child:
         ipc, with_cmi = json.loads(args._child)
         print(json.dumps(measure(args.method, ipc, with_cmi, args.precision, not args.no_compile, iterations,
-                                 args.warmup, args.cmi_every)))
+                                 args.warmup, args.cmi_every, overrides)))
         return
     print(f"{args.method.upper()} iteration, CIFAR-10 shape, official settings, precision {args.precision} "
           f"({resolve_precision(args.precision, 'cpu')} here), compile {not args.no_compile}, ResNet-18 proxy, "
-          f"CMI every {args.cmi_every}, {torch.get_num_threads()} threads, {iterations} timed iterations")
+          f"CMI every {args.cmi_every}, {torch.get_num_threads()} threads, {iterations} timed iterations"
+          + (f", settings {overrides}" if overrides else ""))
     for ipc in args.ipc:
         result = {}
         for with_cmi in (False, True):
             child = [sys.executable, __file__, "--_child", json.dumps([ipc, with_cmi]), "--method", args.method,
                      "--iterations", str(iterations), "--warmup", str(args.warmup), "--precision", args.precision,
-                     "--cmi_every", str(args.cmi_every)]
+                     "--cmi_every", str(args.cmi_every), "--set", *args.overrides]
             child += ["--no_compile"] if args.no_compile else []
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             result[with_cmi] = json.loads(out)
         base, cmi = result[False], result[True]
         overhead = 100 * (cmi["mean_s"] / base["mean_s"] - 1)
         name = args.method.upper()
-        print(f"IPC {ipc:3d} ({base['image_steps']} image steps/it): {name} {base['mean_s']:.3f} s/it "
+        steps = base["image_steps"]
+        print(f"IPC {ipc:3d} ({steps} image steps/it; {base['mean_s'] / steps:.3f} / {cmi['mean_s'] / steps:.3f} s per "
+              f"image step): {name} {base['mean_s']:.3f} s/it "
               f"(median {base['median_s']:.3f}, peak {base['peak_rss_mb']:.0f} MB) | {name}+CMI {cmi['mean_s']:.3f} "
               f"s/it (median {cmi['median_s']:.3f}, peak {cmi['peak_rss_mb']:.0f} MB) | CMI overhead "
               f"{overhead:+.1f} %")
