@@ -337,12 +337,12 @@ def test_idm_ce_term_is_weighted_by_the_networks_training_accuracy(mnist):
 @pytest.mark.parametrize("name", ["idc", "idm"])
 def test_short_run_beats_its_initial_set(mnist, tmp_path, name):
     if name == "idc":
-        method = make_idc(mnist, ipc=1, batch_real=64, batch_syn_max=128, inner_loop=10, n_data=256,
+        method = make_idc(mnist, ipc=1, batch_real=32, batch_syn_max=128, inner_loop=10, n_data=64,
                           lr_img=0.003, dis_metric="mse", mix_p=0.0, match_augmentation="color_crop")
-        iterations = 6
+        iterations = 5
     else:
         method = make_idm(mnist, ipc=1, batch_real=64, lr_img=0.5)
-        iterations = 60
+        iterations = 40
     synthetic = method.init_synthetic()
     initial = synthetic.decode()[0].detach().clone()
     Distiller(Accelerator(cpu=True), method, synthetic, None, iterations, tmp_path, {}, progress=False).run()

@@ -1,4 +1,4 @@
-"""The contract between the distillation engine and a base method (DM, DC, DSA; IDC, IDM, MTT, SRe2L next).
+"""The contract between the distillation engine and a base method (DM, DC, DSA, IDC, IDM; MTT, SRe2L next).
 
 A method is one module under ``cmidd_hf/methods/`` with a config dataclass and a :class:`DistillationMethod`
 subclass registered by name. The engine (:class:`cmidd_hf.distill.Distiller`) only ever calls the hooks below:
