@@ -83,12 +83,7 @@ def plot_curves(metrics_path: str | os.PathLike, path: str | os.PathLike) -> Pat
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -145,6 +140,13 @@ def plot_tsne(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], real: tuple[
         fig.tight_layout(rect=(0, 0.06, 1, 1))
     else:
         fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure atomically (temporary file renamed into place) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)

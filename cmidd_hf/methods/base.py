@@ -113,6 +113,24 @@ def check_per_class_counts(real: RealImageStore, **counts: int) -> None:
                                     f"class; choose {name} <= {smallest}")
 
 
+def check_net_sgd(lr_net: float, momentum_net: float, weight_decay_net: float) -> None:
+    """Refuse network-SGD settings that cannot train (IDC, IDM)."""
+    if lr_net <= 0 or weight_decay_net < 0 or not 0 <= momentum_net < 1:
+        raise MethodConfigError(f"lr_net={lr_net}, momentum_net={momentum_net}, weight_decay_net={weight_decay_net}: "
+                                "need lr_net > 0, 0 <= momentum_net < 1, weight_decay_net >= 0")
+
+
+def check_mix_init(init: str, factor: int) -> None:
+    """``init=mix`` tiles factor² real images per stored image, so it needs factor >= 2."""
+    if init == "mix" and factor == 1:
+        raise MethodConfigError("init=mix needs factor >= 2 (with factor 1 use init=real)")
+
+
+def mix_image_counts(init: str, ipc: int, factor: int) -> dict[str, int]:
+    """Real images per class that ``init=mix`` draws, for :func:`check_per_class_counts`."""
+    return {"ipc*factor^2": ipc * factor ** 2} if init == "mix" else {}
+
+
 def resettable_modules(net: torch.nn.Module) -> list[torch.nn.Module]:
     """The sub-modules of ``net`` that can re-draw their parameters (``reset_parameters``)."""
     return [m for m in net.modules() if m is not net and hasattr(m, "reset_parameters")]

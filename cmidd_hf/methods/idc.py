@@ -36,8 +36,11 @@ from .base import (
     MethodContext,
     Sharding,
     check_architecture,
+    check_mix_init,
+    check_net_sgd,
     check_per_class_counts,
     check_strategy,
+    mix_image_counts,
     register_method,
     reset_in_place,
     resettable_modules,
@@ -105,14 +108,10 @@ class IDCConfig(MethodConfig):
                 raise MethodConfigError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.n_data < 0:
             raise MethodConfigError(f"n_data={self.n_data}: must be >= 0 (0: no network training)")
-        if self.lr_net <= 0 or self.weight_decay_net < 0 or not 0 <= self.momentum_net < 1:
-            raise MethodConfigError(f"lr_net={self.lr_net}, momentum_net={self.momentum_net}, weight_decay_net="
-                                    f"{self.weight_decay_net}: need lr_net > 0, 0 <= momentum_net < 1, "
-                                    "weight_decay_net >= 0")
+        check_net_sgd(self.lr_net, self.momentum_net, self.weight_decay_net)
         if not 0 <= self.mix_p <= 1:
             raise MethodConfigError(f"mix_p={self.mix_p}: must be in [0, 1]")
-        if self.init == "mix" and self.factor == 1:
-            raise MethodConfigError("init=mix needs factor >= 2 (with factor 1 use init=real)")
+        check_mix_init(self.init, self.factor)
         check_architecture("net_arch", self.net_arch)
         check_strategy("match_augmentation", self.match_augmentation)
         check_strategy("net_augmentation", self.net_augmentation)
@@ -141,7 +140,7 @@ class IDC(DistillationMethod):
         super().__init__(config, context)
         real = context.real
         check_per_class_counts(real, batch_real=config.batch_real,
-                               **({"ipc*factor^2": context.ipc * config.factor ** 2} if config.init == "mix" else {}))
+                               **mix_image_counts(config.init, context.ipc, config.factor))
         self.real = real
         self.precision = resolve_precision(context.precision, self.device)
         self.match_augment = DiffAugment(config.match_augmentation, mode="idc")

@@ -41,8 +41,11 @@ from .base import (
     MethodContext,
     Sharding,
     check_architecture,
+    check_mix_init,
+    check_net_sgd,
     check_per_class_counts,
     check_strategy,
+    mix_image_counts,
     register_method,
     reset_in_place,
     resettable_modules,
@@ -101,12 +104,8 @@ class IDMConfig(MethodConfig):
                                     f"(initial_nets={self.initial_nets})")
         if self.ce_weight < 0:
             raise MethodConfigError(f"ce_weight={self.ce_weight}: must be >= 0")
-        if self.lr_net <= 0 or self.weight_decay_net < 0 or not 0 <= self.momentum_net < 1:
-            raise MethodConfigError(f"lr_net={self.lr_net}, momentum_net={self.momentum_net}, weight_decay_net="
-                                    f"{self.weight_decay_net}: need lr_net > 0, 0 <= momentum_net < 1, "
-                                    "weight_decay_net >= 0")
-        if self.init == "mix" and self.factor == 1:
-            raise MethodConfigError("init=mix needs factor >= 2 (with factor 1 use init=real)")
+        check_net_sgd(self.lr_net, self.momentum_net, self.weight_decay_net)
+        check_mix_init(self.init, self.factor)
         check_architecture("net_arch", self.net_arch)
         check_strategy("dsa_strategy", self.dsa_strategy)
 
@@ -154,7 +153,7 @@ class IDM(DistillationMethod):
         super().__init__(config, context)
         real = context.real
         check_per_class_counts(real, batch_real=config.batch_real,
-                               **({"ipc*factor^2": context.ipc * config.factor ** 2} if config.init == "mix" else {}))
+                               **mix_image_counts(config.init, context.ipc, config.factor))
         if config.batch_train > len(real):
             raise MethodConfigError(f"batch_train={config.batch_train} exceeds the {len(real)} training images")
         self.real = real
@@ -223,8 +222,8 @@ class IDM(DistillationMethod):
             member.correct += int((logits.argmax(1) == y).sum())
             member.seen += len(y)
         member.weights = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-        member.momentum = [optimizer.state[p].get("momentum_buffer") for p in self.params]
-        member.momentum = [None if b is None else b.detach().clone() for b in member.momentum]
+        member.momentum = [None if (b := optimizer.state[p].get("momentum_buffer")) is None else b.detach().clone()
+                           for p in self.params]
 
     # ------------------------------------------------------------------ engine hooks
 
