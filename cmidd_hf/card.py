@@ -176,7 +176,9 @@ def _describe(config: str, block: Mapping) -> str:
     parts += [f"{block[key]} {text}" for key, text in (("iterations", "iterations"),) if key in block]
     parts += [f"{text} {block[key]}" for key, text in (("seed", "seed"), ("image_size", "images")) if key in block]
     if isinstance(block.get("final_cmi"), float):
-        parts.append(f"class-aware CMI of the set {block['final_cmi']:.4f} nats")
+        initial = block.get("initial_cmi")
+        parts.append(f"class-aware CMI of the set {block['final_cmi']:.4f} nats"
+                     + (f" (initial set: {initial:.4f})" if isinstance(initial, float) else ""))
     if block.get("imported_from"):
         parts.append(f"imported from `{block['imported_from']}`")
     return f"- `{config}`: " + ", ".join(parts)

@@ -43,6 +43,15 @@ def set_cmi(pool: ProxyPool, images: torch.Tensor, labels: torch.Tensor, space: 
     return sum(values) / len(values)
 
 
+def gain_line(result: EvaluationResult, baseline: EvaluationResult) -> str:
+    """One line: the distilled set's accuracy minus the random subset's, against the noise of both (their
+    population stds over runs added in quadrature)."""
+    gain, noise = 100 * (result.mean - baseline.mean), 100 * (result.std ** 2 + baseline.std ** 2) ** 0.5
+    verdict = "above" if gain > noise else "within"
+    return (f"{result.arch}: distilled {100 * result.mean:.2f} % vs random real subset {100 * baseline.mean:.2f} %: "
+            f"{gain:+.2f} points ({verdict} the noise, ±{noise:.2f})")
+
+
 def evaluate_across_processes(accelerator: Accelerator, evaluate, runs: int, seed: int) -> EvaluationResult:
     """``evaluate(runs=k, seed=s)`` for this process's share of the ``runs`` seeds (seed, seed+1, ...), gathered
     on every process: the final networks train in parallel instead of serially on the main process."""
@@ -109,6 +118,9 @@ def run_distillation(recipe: DistillRecipe) -> dict:
                                      class_chunk_size=cmi_args.cmi_class_chunk, seed=run.seed,
                                      precision=cmi_args.cmi_precision)
     synthetic = method.init_synthetic()
+    initial_cmi = None
+    if pool is not None and accelerator.is_main_process:  # the CMI term's effect = initial -> final CMI
+        initial_cmi = set_cmi(pool, *(t.detach() for t in synthetic.decode()), cmi_args.cmi_space, data.num_classes)
 
     eval_augmentation = default_augmentation(data.name) if ev.eval_protocol == "dsa" else None
     eval_options = dict(protocol=ev.eval_protocol, epochs=ev.eval_epochs, augmentation=eval_augmentation,
@@ -143,7 +155,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
             images, labels, data.test, arch=arch, runs=runs, seed=seed, validation=data.validation, **eval_options),
             ev.eval_runs, run.seed)
         accelerator.print(f"final accuracy {result}")
-        results.append(result.to_dict())
+        results.append(result)
     baselines = []
     if ev.eval_baseline:
         for arch in ev.eval_archs:
@@ -151,12 +163,17 @@ def run_distillation(recipe: DistillRecipe) -> dict:
                 evaluate_random_subset(data, ipc, arch=arch, runs=runs, seed=seed, **eval_options)),
                 ev.eval_runs, run.seed))
             accelerator.print(f"baseline (random real ipc {ipc}) {baselines[-1]}")
+        for result, baseline in zip(results, baselines):
+            accelerator.print(gain_line(result, baseline))
 
     summary: dict = {}
     if accelerator.is_main_process:
         cmi = set_cmi(pool, images, labels, cmi_args.cmi_space, data.num_classes) if pool is not None else None
+        if cmi is not None:
+            accelerator.print(f"class-aware CMI of the set (mean over {len(pool)} proxies): "
+                              f"{initial_cmi:.4f} initial -> {cmi:.4f} final nats")
         distiller.log_record({"step": run.iterations, "event": "evaluation", "final": True,
-                              **{f"accuracy/{r['arch']}": r["mean"] for r in results},
+                              **{f"accuracy/{r.arch}": r.mean for r in results},
                               **({"final_cmi": cmi} if cmi is not None else {})})
         distillation = {
             "method": run.method,
@@ -170,9 +187,10 @@ def run_distillation(recipe: DistillRecipe) -> dict:
             "ipc": ipc, "iterations": run.iterations, "seed": run.seed,
             "image_size": list(data.image_shape),
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
+            "initial_cmi": initial_cmi,
             "final_cmi": cmi,
             "library": f"cmidd-hf {__version__}",
-            "results": results,
+            "results": [r.to_dict() for r in results],
         }
         synthetic_set = SyntheticSet(images, labels, data.class_names, data.mean, data.std, distillation,
                                      source=data_args.dataset, license=data.license,
@@ -181,7 +199,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
             synthetic_set.record_results(baselines, kind="baselines")
         plot_curves(folder.metrics, folder.curves)
         synthetic_set.save(folder.root)
-        summary = {"run_dir": str(folder.root), "results": results, "final_cmi": cmi}
+        summary = {"run_dir": str(folder.root), "results": distillation["results"], "final_cmi": cmi}
         accelerator.print(f"wrote {folder.root}")
         if recipe.hub.push_to_hub:
             commit = synthetic_set.push_to_hub(recipe.hub.push_to_hub, private=recipe.hub.hub_private,

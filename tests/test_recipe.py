@@ -55,6 +55,51 @@ def test_outputs_are_a_hub_layout_dataset_with_card(finished_run):
     assert config["ipc"] == 2 and config["cmi_weight"] == 10
 
 
+def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(tmp_path, capsys):
+    """The quickstart's shipped default (no --config; compiled, its own proxy spec) shortened: it evaluates
+    the random real subset too, prints the gain against it, and the set's CMI before and after; the initial
+    CMI is that of the initial set, recomputed here from the cached proxies."""
+    from cmidd_hf.cmi import dataset_cmi
+    from cmidd_hf.data import load_image_classification
+    from cmidd_hf.proxies import ProxyPool
+    from cmidd_hf.runner import build_method
+
+    default = ROOT / "recipes" / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"
+    args = ["--output_dir", str(tmp_path / "out"), "--proxy_cache_dir", str(tmp_path / "cache"),
+            "--iterations", "3", "--eval_runs", "2", "--eval_epochs", "2", "--checkpoint_every", "0"]
+    assert main_entry(args, default) == 0
+    out = capsys.readouterr().out
+    assert "final accuracy convnet3 [dsa, 2 epochs, 2 runs]" in out
+    assert "baseline (random real ipc 10) convnet3 [dsa, 2 epochs, 2 runs]" in out
+    assert "convnet3: distilled " in out and "vs random real subset" in out and "points (" in out
+    meta = yaml.safe_load((tmp_path / "out" / "mnist-5k-dm-cmi-ipc10" / "README.md").read_text().split("---")[1])
+    block = meta["distillation"]["default"]
+    assert f"{block['initial_cmi']:.4f} initial -> {block['final_cmi']:.4f} final" in out
+    (baseline,) = block["baselines"]
+    assert baseline["kind"] == "random real subset, ipc 10" and len(baseline["accuracies"]) == 2
+
+    recipe = parse_recipe(args, "dm", default)
+    data = load_image_classification(recipe.data.dataset)
+    initial = build_method(recipe, data, torch.device("cpu")).init_synthetic().decode()
+    pool = ProxyPool.from_pretrained(recipe.cmi.proxies, data, cache_dir=recipe.cmi.proxy_cache_dir)
+    values = dataset_cmi(*(t.detach() for t in initial), list(pool), space="feature", num_classes=10)
+    assert block["initial_cmi"] == pytest.approx(sum(values) / len(values), rel=1e-5)
+    assert block["initial_cmi"] != pytest.approx(block["final_cmi"], rel=1e-6)
+
+
+def test_gain_line_compares_against_the_noise_of_both():
+    from cmidd_hf.evaluation import EvaluationResult
+    from cmidd_hf.runner import gain_line
+
+    def result(*accuracies):
+        return EvaluationResult("convnet3", "dsa", 50, list(accuracies), list(range(len(accuracies))), 100)
+
+    # distilled 0.92 ± 0.03, random 0.89 ± 0.04: +3 points, noise sqrt(3² + 4²) = 5 points
+    assert gain_line(result(0.89, 0.95), result(0.85, 0.93)) == (
+        "convnet3: distilled 92.00 % vs random real subset 89.00 %: +3.00 points (within the noise, ±5.00)")
+    assert gain_line(result(0.92, 0.93), result(0.89, 0.89)).endswith("+3.50 points (above the noise, ±0.50)")
+
+
 def test_pixel_values_are_exact_and_image_is_their_rendering(finished_run):
     ds = load_dataset(str(finished_run), split="train").with_format("torch")
     pixels, images = ds["pixel_values"][:], ds["image"][:]
