@@ -68,7 +68,7 @@ def cell_command(args, method: str, ipc: int, seed: int, folder: Path) -> list[s
     command = [python, str(ROOT / "recipes" / f"distill_{base}.py"), "--dataset", args.dataset, "--ipc", str(ipc),
                "--seed", str(seed), "--iterations", str(args.iterations), "--output_dir", str(folder), "--run_name",
                "set", "--eval_epochs", str(args.eval_epochs), "--eval_runs", str(args.eval_runs),
-               "--eval_every", str(max(1, args.iterations // 10)), "--eval_every_runs", "1",
+               "--eval_every", str(max(1, args.iterations // 10)), "--eval_every_runs", "1", "--eval_baseline", "false",
                "--checkpoint_every", str(max(1, args.iterations // 10)), "--proxy_cache_dir",
                str(args.output_dir / "proxy-cache")]
     if args.proxies:

@@ -36,6 +36,7 @@ def test_grid_runs_resumes_and_refuses_another_budget(tmp_path, capsys):
     assert (tmp_path / "grid" / "results.png").stat().st_size > 0
     cmi_cell = json.loads((tmp_path / "grid" / "cells" / "dm+cmi-ipc1-seed0" / "result.json").read_text())
     assert "--cmi_weight 10" in cmi_cell["command"] and cmi_cell["final_cmi"] is not None
+    assert "--eval_baseline false" in cmi_cell["command"]  # the grid's own random rows are the baseline
     capsys.readouterr()
     assert benchmark.main(grid) == 0  # finished cells are not run again
     assert "[random" not in capsys.readouterr().out
