@@ -132,6 +132,19 @@ def read_result(folder: Path) -> dict:
     return {"accuracy": load_synthetic(saved).results[0]["mean"]}
 
 
+def paired_gain(rows: list[dict], base: str, cmi: str, ipc: int, key: str) -> str:
+    """Mean ± std over the seeds both methods ran of 100·(cmi − base) for one result ``key``."""
+    def by_seed(method: str) -> dict:
+        return {r["seed"]: r[key] for r in rows if r["method"] == method and r["ipc"] == ipc and r.get(key) is not None}
+
+    first, second = by_seed(base), by_seed(cmi)
+    gains = [100 * (second[s] - first[s]) for s in sorted(first.keys() & second.keys())]
+    if not gains:
+        return "–"
+    spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
+    return f"{statistics.mean(gains):+.2f} ± {spread:.2f} ({len(gains)})"
+
+
 def tabulate(output_dir: Path, rows: list[dict], budget: dict) -> None:
     """results.csv (every cell), results.md (mean ± std over seeds, published numbers), results.png."""
     fields = ["dataset", "ipc", "method", "seed", "accuracy", "val_accuracy", "acc_at_10pct", "acc_at_20pct",
@@ -172,6 +185,17 @@ def tabulate(output_dir: Path, rows: list[dict], budget: dict) -> None:
         for method in distilled:
             lines.append(f"| {method} | " + " | ".join(
                 f"{summary(method, i, 'acc_at_10pct')} | {summary(method, i, 'acc_at_20pct')}" for i in ipcs) + " |")
+    pairs = [(m, f"{m}+cmi") for m in distilled if f"{m}+cmi" in methods]
+    if pairs:
+        keys = (("accuracy", "test"), ("val_accuracy", "validation"), ("acc_at_10pct", "@1/10"),
+                ("acc_at_20pct", "@1/5"))
+        lines += ["", "Gain of the CMI term, paired by seed (method+cmi − method, points; mean ± std (seeds)); "
+                  "choose λ on the validation column, never on test:", "",
+                  "| pair | " + " | ".join(f"IPC {i} {name}" for i in ipcs for _, name in keys) + " |",
+                  "|---|" + "---|" * (len(ipcs) * len(keys))]
+        for base, cmi in pairs:
+            lines.append(f"| {cmi} − {base} | " + " | ".join(
+                paired_gain(rows, base, cmi, i, key) for i in ipcs for key, _ in keys) + " |")
     sources = sorted({source for _, source in published.values()})
     if sources:
         lines += ["", "Published numbers: " + "; ".join(sources) + "."]

@@ -58,6 +58,21 @@ def test_table_shows_published_numbers_and_seed_spread(tmp_path):
     assert "| dsa (published) | 84.6 |" in table and "| idc (published) | 86.0 |" in table
     assert "| whole | 90.00 ± 0.00 (1) |" in table
     assert "70.00 ± 0.00 (2) | 75.00 ± 0.00 (2)" in table
+    assert "Gain of the CMI term" not in table  # no dm+cmi cells
+
+
+def test_cmi_gain_is_paired_by_seed_with_validation(tmp_path):
+    benchmark = load_script("benchmark")
+    cells = {("dm", 0): (0.80, 0.81), ("dm", 1): (0.82, 0.85), ("dm+cmi", 0): (0.81, 0.80),
+             ("dm+cmi", 1): (0.85, 0.86), ("dm+cmi", 2): (0.99, 0.99)}  # seed 2 has no DM partner: left out
+    rows = [{"dataset": "fashion-mnist", "ipc": 10, "method": m, "seed": seed, "accuracy": test,
+             "val_accuracy": val, "acc_at_10pct": 0.7, "acc_at_20pct": None, "wall_s": 1.0, "command": "x"}
+            for (m, seed), (test, val) in cells.items()]
+    budget = {"dataset": "fashion-mnist", "iterations": 10, "eval_epochs": 5, "eval_runs": 1, "whole_epochs": 2}
+    benchmark.tabulate(tmp_path, rows, budget)
+    table = (tmp_path / "results.md").read_text()
+    # test gains +1, +3 -> +2.00 ± 1.41; validation -1, +1 -> +0.00 ± 1.41; @1/10 equal; @1/5 missing
+    assert "| dm+cmi − dm | +2.00 ± 1.41 (2) | +0.00 ± 1.41 (2) | +0.00 ± 0.00 (2) | – |" in table
 
 
 def test_unknown_method_and_missing_lambda_are_refused(tmp_path):
