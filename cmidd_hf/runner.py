@@ -163,7 +163,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
                 evaluate_random_subset(data, ipc, arch=arch, runs=runs, seed=seed, **eval_options)),
                 ev.eval_runs, run.seed))
             accelerator.print(f"baseline (random real ipc {ipc}) {baselines[-1]}")
-        for result, baseline in zip(results, baselines):
+        for result, baseline in zip(results, baselines, strict=True):
             accelerator.print(gain_line(result, baseline))
 
     summary: dict = {}
