@@ -197,7 +197,7 @@ def test_idc_matches_conv_weight_gradients_and_a_step_lowers_the_loss(mnist):
     assert grad.abs().sum() > 0 and grad[2:10].abs().sum() == 0  # only classes 0 and 5 move
     with torch.no_grad():
         synthetic.stored -= 1e-2 * grad / grad.norm()
-    assert float(method.losses(synthetic, [0, 5], 0, 0)["matching_loss"]) < float(loss)
+    assert float(method.losses(synthetic, [0, 5], 0, 0)["matching_loss"].detach()) < float(loss.detach())
 
 
 def test_idc_iteration_clamps_and_redraws_the_network(mnist):
