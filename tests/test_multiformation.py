@@ -206,7 +206,7 @@ def test_idc_iteration_clamps_and_redraws_the_network(mnist):
     with torch.no_grad():
         synthetic.stored[0] += 3
     method.begin_iteration(synthetic, 4)
-    assert float(synthetic.stored.max()) <= 1.0
+    assert float(synthetic.stored.detach().max()) <= 1.0
     first = [p.detach().clone() for p in method.net.parameters()]
     method.after_image_step(synthetic, 4, 0)  # one network epoch on real data
     assert any(not torch.equal(a, b) for a, b in zip(first, method.net.parameters(), strict=True))
@@ -327,7 +327,7 @@ def test_idm_ce_term_is_weighted_by_the_networks_training_accuracy(mnist):
     logits = method.net(images)
     expected = 0.5 * 75.0 * sum(float(F.cross_entropy(logits[labels == c], labels[labels == c]).detach())
                                 for c in (0, 1))
-    assert float(no_aug["ce_loss"]) == pytest.approx(expected, rel=1e-5)
+    assert float(no_aug["ce_loss"].detach()) == pytest.approx(expected, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ learning
