@@ -132,17 +132,21 @@ def read_result(folder: Path) -> dict:
     return {"accuracy": load_synthetic(saved).results[0]["mean"]}
 
 
+def mean_std(values: list[float], signed: bool = False) -> str:
+    """'mean ± sample std (count)' of a table cell; '–' when there is nothing to show."""
+    if not values:
+        return "–"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):{'+' if signed else ''}.2f} ± {spread:.2f} ({len(values)})"
+
+
 def paired_gain(rows: list[dict], base: str, cmi: str, ipc: int, key: str) -> str:
     """Mean ± std over the seeds both methods ran of 100·(cmi − base) for one result ``key``."""
     def by_seed(method: str) -> dict:
         return {r["seed"]: r[key] for r in rows if r["method"] == method and r["ipc"] == ipc and r.get(key) is not None}
 
     first, second = by_seed(base), by_seed(cmi)
-    gains = [100 * (second[s] - first[s]) for s in sorted(first.keys() & second.keys())]
-    if not gains:
-        return "–"
-    spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
-    return f"{statistics.mean(gains):+.2f} ± {spread:.2f} ({len(gains)})"
+    return mean_std([100 * (second[s] - first[s]) for s in sorted(first.keys() & second.keys())], signed=True)
 
 
 def tabulate(output_dir: Path, rows: list[dict], budget: dict) -> None:
@@ -161,10 +165,7 @@ def tabulate(output_dir: Path, rows: list[dict], budget: dict) -> None:
     def summary(method: str, ipc: int, key: str = "accuracy") -> str:
         values = [100 * r[key] for r in rows if r["method"] == method and (r["ipc"] == ipc or method == "whole")
                   and r.get(key) is not None]
-        if not values:
-            return "–"
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.2f} ± {spread:.2f} ({len(values)})"
+        return mean_std(values)
 
     lines = [f"# {dataset}: ConvNet-3 test accuracy (%), mean ± std over seeds (count)", "",
              f"Budget: {budget['iterations']} iterations per distillation, final evaluation {budget['eval_runs']} "
