@@ -24,7 +24,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +121,8 @@ class Distiller:
         regularizer: e.g. :class:`cmidd_hf.cmi.CMIRegularizer`, or None for the base method alone.
         fingerprint: identity of the run (dataset, ipc, image size, method, ...), checked on resume.
         evaluate: called on the main process with (images, labels, step) of the decoded set every
-            ``eval_every`` iterations (and at 0 if ``evaluate_at_start``); returns plain values to log.
+            ``eval_every`` iterations (and at 0 if ``evaluate_at_start``) and after each iteration listed in
+            ``eval_at`` (0: the initial set); returns plain values to log.
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class Distiller:
         log_every: int = 1,
         progress: bool = True,
         evaluate_at_start: bool = True,
+        eval_at: Iterable[int] = (),
     ) -> None:
         if iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -151,6 +153,7 @@ class Distiller:
         self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
         self.eval_every, self.evaluate, self.log_every = eval_every, evaluate, log_every
         self.progress, self.evaluate_at_start = progress, evaluate_at_start
+        self.eval_at = frozenset(eval_at)
         self.state = RunState(fingerprint=dict(fingerprint))
         num_classes, processes = synthetic.num_classes, accelerator.num_processes
         self.sharded = method.sharding != Sharding.REPLICATED and processes > 1
@@ -260,6 +263,12 @@ class Distiller:
         images, labels = self.synthetic.decode()
         return images.detach().cpu(), labels.detach().cpu()
 
+    def _evaluates_after(self, step: int) -> bool:
+        """Whether a periodic evaluation follows iteration ``step`` (the final set is the runner's to evaluate)."""
+        if step >= self.iterations:
+            return False
+        return step in self.eval_at or bool(self.eval_every and step % self.eval_every == 0)
+
     def _run_evaluation(self) -> None:
         images, labels = self.decoded()
         if self.accelerator.is_main_process and self.evaluate is not None:
@@ -325,7 +334,8 @@ class Distiller:
         last_good: Path | None = None
         bar = tqdm(total=self.iterations, initial=state.step, desc=f"distill {self.method.name}", unit="it",
                    disable=not (self.progress and acc.is_main_process))
-        if state.step == 0 and state.substep == 0 and self.eval_every > 0 and self.evaluate_at_start:
+        if state.step == 0 and state.substep == 0 and (self.eval_every > 0 and self.evaluate_at_start
+                                                       or 0 in self.eval_at):
             self._run_evaluation()
         started = time.perf_counter() - state.elapsed_seconds
         while state.step < self.iterations:
@@ -359,6 +369,6 @@ class Distiller:
                 self._stop(bar)
             if self.checkpoint_every and state.step % self.checkpoint_every == 0:
                 last_good = self.save_checkpoint()
-            if self.eval_every and state.step % self.eval_every == 0 and state.step < self.iterations:
+            if self._evaluates_after(state.step):
                 self._run_evaluation()
         bar.close()

@@ -145,7 +145,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     distiller = Distiller(accelerator, method, synthetic, regularizer, run.iterations, folder.root, identity,
                           checkpoint_every=run.checkpoint_every, keep_checkpoints=run.keep_checkpoints,
                           eval_every=ev.eval_every, evaluate=periodic_evaluation, log_every=run.log_every,
-                          evaluate_at_start=ev.eval_at_start)
+                          evaluate_at_start=ev.eval_at_start, eval_at=ev.eval_at)
     distiller.run(run.resume_from_checkpoint)
     images, labels = distiller.decoded()
 

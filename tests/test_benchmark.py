@@ -3,6 +3,7 @@
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def load_script(name):
 def test_grid_runs_resumes_and_refuses_another_budget(tmp_path, capsys):
     benchmark = load_script("benchmark")
     grid = ["--dataset", "mnist-5k", "--ipc", "1", "--methods", "random", "dm+cmi", "--seeds", "0",
-            "--iterations", "2", "--eval_epochs", "1", "--eval_runs", "1", "--output_dir", str(tmp_path / "grid"),
+            "--iterations", "5", "--eval_epochs", "1", "--eval_runs", "1", "--output_dir", str(tmp_path / "grid"),
             "--cmi_weight", "dm+cmi=10", "--extra", f"dm+cmi=--config {TINY}",
             "random=--no_compile"]
     assert benchmark.main(grid) == 0
@@ -37,12 +38,28 @@ def test_grid_runs_resumes_and_refuses_another_budget(tmp_path, capsys):
     cmi_cell = json.loads((tmp_path / "grid" / "cells" / "dm+cmi-ipc1-seed0" / "result.json").read_text())
     assert "--cmi_weight 10" in cmi_cell["command"] and cmi_cell["final_cmi"] is not None
     assert "--eval_baseline false" in cmi_cell["command"]  # the grid's own random rows are the baseline
+    # 5 iterations: 1/5 is iteration 1 (evaluated, read back), 1/10 is iteration 0 (no column value)
+    assert "--eval_at 1 " in cmi_cell["command"] and "--eval_every " not in cmi_cell["command"]
+    assert cmi_cell["acc_at_20pct"] is not None and cmi_cell["acc_at_10pct"] is None
+    records = (tmp_path / "grid" / "cells" / "dm+cmi-ipc1-seed0" / "set" / "metrics.jsonl").read_text()
+    assert [json.loads(r)["step"] for r in records.splitlines() if '"evaluation"' in r][:-1] == [1]
     capsys.readouterr()
     assert benchmark.main(grid) == 0  # finished cells are not run again
     assert "[random" not in capsys.readouterr().out
-    changed = [a if a != "2" else "3" for a in grid]
+    changed = [a if a != "5" else "6" for a in grid]
     assert benchmark.main(changed) == 2
     assert "another budget (iterations" in capsys.readouterr().err
+
+
+def test_cells_evaluate_only_at_the_table_fractions():
+    benchmark = load_script("benchmark")
+    args = SimpleNamespace(dataset="fashion-mnist", iterations=300, eval_epochs=300, eval_runs=3, proxies=[],
+                           output_dir=Path("grid"), cmi_weight={"dm+cmi": "1000"}, extra={})
+    command = benchmark.cell_command(args, "dm+cmi", 50, 0, Path("grid/cells/x"))
+    at = command.index("--eval_at")
+    assert command[at + 1:at + 3] == ["30", "60"] and command[at + 3].startswith("--")
+    assert "--eval_every" not in command  # ten evaluations of a 500-image set would cost more than the run
+    assert benchmark.fraction_steps(9) == ["1"] and benchmark.fraction_steps(4) == []
 
 
 def test_table_shows_published_numbers_and_seed_spread(tmp_path):

@@ -199,6 +199,25 @@ def test_resumed_metrics_forget_the_old_final_record(mnist, tmp_path):
     assert [(r["step"], r.get("final", False)) for r in records(tmp_path)] == [(1, False), (2, False), (3, False)]
 
 
+def test_evaluations_follow_eval_every_and_eval_at_across_a_resume(mnist, tmp_path):
+    seen = []
+
+    def evaluate(images, labels, step):
+        assert images.shape[0] == 20 and not images.requires_grad
+        seen.append(step)
+        return {"accuracy/convnet3": 0.5}
+
+    first = make_distiller(mnist, tmp_path, iterations=3, checkpoint_every=3, eval_every=4, eval_at=(0, 1, 5, 6, 7),
+                           evaluate=evaluate)
+    first.run()
+    resumed = make_distiller(mnist, tmp_path, iterations=7, eval_every=4, eval_at=(0, 1, 5, 6, 7),
+                             evaluate=evaluate)
+    resumed.run(resume_from_checkpoint="latest")
+    # 0 and 1 (eval_at), 4 (eval_every), 5 and 6 (eval_at); never again 0 on resume, never after the last iteration
+    assert seen == [0, 1, 4, 5, 6]
+    assert [r["step"] for r in records(tmp_path) if r.get("event") == "evaluation"] == [0, 1, 4, 5, 6]
+
+
 # ------------------------------------------------------------------------------------------ the recipe
 
 

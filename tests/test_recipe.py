@@ -174,6 +174,7 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
         (["--batch_real", "401"], "batch_real=401 exceeds the 400 training images"),
         (["--dataset", "{tmp}/empty"], "cannot be read as a Hub-layout dataset"),
         (["--config", "{tmp}/broken.yaml"], "not valid YAML (line 2)"),
+        (["--eval_at", "1", "99"], "eval_at=99: must be an iteration in 0.."),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, extra, message):
