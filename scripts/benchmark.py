@@ -43,6 +43,7 @@ PUBLISHED = {
 CORESETS = ("random", "herding", "k-center", "forgetting")
 DISTILLERS = ("dm", "dc", "dsa", "idc", "idm")
 BUDGET_KEYS = ("dataset", "iterations", "eval_epochs", "eval_runs", "whole_epochs", "proxies", "cmi_weight", "extra")
+METHOD_ORDER = (*CORESETS, "whole", *(m for base in DISTILLERS for m in (base, f"{base}+cmi")))
 FRACTIONS = {10: "acc_at_10pct", 5: "acc_at_20pct"}  # iterations // key -> the table's early-accuracy column
 
 
@@ -167,7 +168,7 @@ def tabulate(output_dir: Path, rows: list[dict], budget: dict) -> None:
         writer.writerows(rows)
     dataset = budget["dataset"]
     ipcs = sorted({r["ipc"] for r in rows if r["method"] != "whole"})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = sorted({r["method"] for r in rows}, key=METHOD_ORDER.index)  # the same order however cells were run
     published = PUBLISHED.get(dataset, {})
 
     def summary(method: str, ipc: int, key: str = "accuracy") -> str:

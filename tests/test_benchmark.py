@@ -69,8 +69,9 @@ def test_table_shows_published_numbers_and_seed_spread(tmp_path):
     rows.append({"dataset": "fashion-mnist", "ipc": 10, "method": "whole", "seed": 0, "accuracy": 0.9,
                  "wall_s": 1.0, "command": "y"})
     budget = {"dataset": "fashion-mnist", "iterations": 10, "eval_epochs": 5, "eval_runs": 1, "whole_epochs": 2}
-    benchmark.tabulate(tmp_path, rows, budget)
+    benchmark.tabulate(tmp_path, rows, budget)  # dm's rows come first, as --table_only reads them (folder order)
     table = (tmp_path / "results.md").read_text()
+    assert table.index("| whole |") < table.index("| dm |")  # coresets, whole set, then each method and its +cmi
     assert "| dm | 81.00 ± 1.41 (2) |" in table
     assert "| dsa (published) | 84.6 |" in table and "| idc (published) | 86.0 |" in table
     assert "| whole | 90.00 ± 0.00 (1) |" in table
