@@ -234,11 +234,12 @@ def plot(path: Path, rows: list[dict], published: dict, ipcs: list[int], methods
                 means.append(statistics.mean(values))
                 stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
-    for method in sorted({m for m, _ in published}):
+    for method, marker in zip(sorted({m for m, _ in published}), "x+*1234", strict=False):
         points = [(i, published[(method, i)][0]) for i in ipcs if (method, i) in published]
-        if points:
-            ax.scatter(*zip(*points, strict=True), marker="x", s=50, label=f"{method} (published)")
+        if points:  # black markers: the measured lines keep the colours
+            ax.scatter(*zip(*points, strict=True), marker=marker, s=60, color="black", label=f"{method} (published)")
     ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis would otherwise label 2×10¹, 3×10¹, ... between the IPCs
     ax.set_xticks(ipcs, [str(i) for i in ipcs])
     ax.set_xlabel("images per class")
     ax.set_ylabel("test accuracy (%)")
