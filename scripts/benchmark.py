@@ -5,8 +5,8 @@ Every cell is one command users can run themselves (``scripts/select_coreset.py`
 (card with results) under ``OUTPUT_DIR/cells/``. A finished cell is never run again, so an interrupted grid
 resumes where it stopped; a grid folder refuses a different budget. The table (``results.md``), every cell
 (``results.csv``) and a plot (``results.png``) are written beside the published numbers known for the dataset
-(ConvNet-3). Distillation cells evaluate every tenth of their iterations with one network, so the table also
-shows the accuracy after 1/10 and 1/5 of the iterations.
+(ConvNet-3). Distillation cells also evaluate one network after 1/10 and 1/5 of their iterations (``--eval_at``),
+so the table shows how soon each method gets there.
 
     python scripts/benchmark.py --dataset fashion-mnist --ipc 1 10 --methods random herding dm dm+cmi \\
         --seeds 0 1 2 --iterations 200 --eval_epochs 300 --eval_runs 3 --output_dir outputs/benchmark/fmnist \\
