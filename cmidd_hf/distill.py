@@ -264,10 +264,12 @@ class Distiller:
         return images.detach().cpu(), labels.detach().cpu()
 
     def _evaluates_after(self, step: int) -> bool:
-        """Whether a periodic evaluation follows iteration ``step`` (the final set is the runner's to evaluate)."""
+        """Whether a periodic evaluation follows iteration ``step`` (0: the initial set). Never at
+        ``step == iterations``: the final set is the runner's to evaluate, once."""
         if step >= self.iterations:
             return False
-        return step in self.eval_at or bool(self.eval_every and step % self.eval_every == 0)
+        periodic = bool(self.eval_every) and step % self.eval_every == 0 and (step > 0 or self.evaluate_at_start)
+        return periodic or step in self.eval_at
 
     def _run_evaluation(self) -> None:
         images, labels = self.decoded()
@@ -334,8 +336,7 @@ class Distiller:
         last_good: Path | None = None
         bar = tqdm(total=self.iterations, initial=state.step, desc=f"distill {self.method.name}", unit="it",
                    disable=not (self.progress and acc.is_main_process))
-        if state.step == 0 and state.substep == 0 and (self.eval_every > 0 and self.evaluate_at_start
-                                                       or 0 in self.eval_at):
+        if state.step == 0 and state.substep == 0 and self._evaluates_after(0):
             self._run_evaluation()
         started = time.perf_counter() - state.elapsed_seconds
         while state.step < self.iterations:

@@ -218,6 +218,21 @@ def test_evaluations_follow_eval_every_and_eval_at_across_a_resume(mnist, tmp_pa
     assert [r["step"] for r in records(tmp_path) if r.get("event") == "evaluation"] == [0, 1, 4, 5, 6]
 
 
+@pytest.mark.parametrize(("iterations", "kwargs", "expected"), [
+    (0, {"eval_every": 1}, []),  # the initial set is the final one: the runner's to evaluate, not twice
+    (5, {"eval_every": 2, "evaluate_at_start": False}, [2, 4]),
+    (5, {"eval_every": 2, "evaluate_at_start": False, "eval_at": (0,)}, [0, 2, 4]),  # eval_at overrides
+    (3, {}, []),
+])
+def test_the_initial_set_is_evaluated_by_the_same_rule_as_every_iteration(mnist, tmp_path, iterations, kwargs,
+                                                                          expected):
+    seen = []
+    distiller = make_distiller(mnist, tmp_path, iterations=iterations, evaluate=lambda i, y, step: seen.append(step)
+                               or {"accuracy/convnet3": 0.5}, **kwargs)
+    distiller.run()
+    assert seen == expected
+
+
 # ------------------------------------------------------------------------------------------ the recipe
 
 
