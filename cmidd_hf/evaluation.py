@@ -41,6 +41,15 @@ DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclass(frozen=True)
+class EpochStats:
+    """One training epoch, measured on the batches the network trained on (augmented, before the step)."""
+
+    epoch: int  # 1-based
+    loss: float  # mean cross-entropy per image (CutMix: the mixed loss)
+    accuracy: float  # top-1 accuracy against the batches' own labels
+
+
+@dataclass(frozen=True)
 class EvalProtocol:
     """How an evaluation network is trained."""
 
@@ -224,7 +233,8 @@ class NetworkTrainer:
         """Give the persistent module the exact initialization a newly built network of ``seed`` has."""
         self.model.load_state_dict(self._fresh(seed).state_dict())
 
-    def train(self, train_set, seed: int, progress: Callable[[], None] | None = None) -> None:
+    def train(self, train_set, seed: int, progress: Callable[[EpochStats], None] | None = None) -> None:
+        """Train a freshly initialized network (``seed``); ``progress`` is called after every epoch."""
         p = self.protocol
         self.reset(seed)
         self.model.train()
@@ -236,11 +246,14 @@ class NetworkTrainer:
             self._epochs(train_set, optimizer, scheduler, generator, progress)
 
     def _epochs(self, train_set, optimizer, scheduler, generator: torch.Generator,
-                progress: Callable[[], None] | None) -> None:
+                progress: Callable[[EpochStats], None] | None) -> None:
         p = self.protocol
         n = len(train_set)
-        for _ in range(p.epochs):
+        for epoch in range(1, p.epochs + 1):
             order = torch.randperm(n, generator=generator)
+            # summed on the device and read once per epoch (no per-step host sync on a GPU)
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), dtype=torch.long, device=self.device)
             for start in range(0, n, p.batch_size):
                 x, y = train_set.batch(order[start:start + p.batch_size])
                 if self.augment.enabled:
@@ -256,9 +269,11 @@ class NetworkTrainer:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(dim=1) == y).sum()
             scheduler.step()
             if progress is not None:
-                progress()
+                progress(EpochStats(epoch, float(loss_sum) / n, int(correct) / n))
 
     @torch.no_grad()
     def accuracy(self, store: RealImageStore, batch_size: int = 500) -> float:
@@ -297,7 +312,7 @@ def _evaluate(
     with tqdm(total=runs * protocol.epochs, desc=description, unit="epoch", disable=not progress,
               leave=False) as bar:
         for run_seed in seeds:
-            trainer.train(make_train_set(run_seed), run_seed, progress=bar.update)
+            trainer.train(make_train_set(run_seed), run_seed, progress=lambda stats: bar.update())
             accuracies.append(trainer.accuracy(test))
             if validation is not None:
                 val_accuracies.append(trainer.accuracy(validation))

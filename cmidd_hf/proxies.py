@@ -29,7 +29,7 @@ import torch.nn as nn
 from timm.models import save_for_hf
 
 from .data import ImageClassificationData
-from .evaluation import EvalProtocol, NetworkTrainer, _StoreSet
+from .evaluation import EpochStats, EvalProtocol, NetworkTrainer, _StoreSet
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +111,28 @@ def _load_one(spec: str) -> nn.Module:
 
 
 def train_proxy(
-    spec: ProxyTrainingSpec, data: ImageClassificationData, index: int, device=None, progress: bool = True
+    spec: ProxyTrainingSpec, data: ImageClassificationData, index: int, device=None, progress: bool = True,
+    log_epochs: bool = False,
 ) -> tuple[nn.Module, float | None]:
-    """Train proxy number ``index`` of ``spec`` (seed ``spec.seed + index``); returns it and its test accuracy."""
+    """Train proxy number ``index`` of ``spec`` (seed ``spec.seed + index``); returns it and its test accuracy.
+
+    The bar shows each epoch's training loss and accuracy; ``log_epochs`` also logs them, one line per epoch
+    (for long stand-alone pre-training runs, as the official script prints)."""
     trainer = NetworkTrainer(spec.arch, data.num_classes, data.image_shape, spec.protocol(), device,
                              precision="auto", compile=False)
     from tqdm.auto import tqdm
 
     with tqdm(total=spec.epochs, desc=f"proxy {index + 1}/{spec.count} {spec.arch}", unit="epoch",
               disable=not progress, leave=False) as bar:
-        trainer.train(_StoreSet(data.train, None, trainer.device), spec.seed + index, progress=bar.update)
+
+        def report(stats: EpochStats) -> None:
+            bar.update()
+            bar.set_postfix(loss=f"{stats.loss:.4f}", train_acc=f"{100 * stats.accuracy:.2f}%")
+            if log_epochs:
+                logger.info("proxy %d epoch %d/%d: train loss %.4f, train accuracy %.2f %%", index,
+                            stats.epoch, spec.epochs, stats.loss, 100 * stats.accuracy)
+
+        trainer.train(_StoreSet(data.train, None, trainer.device), spec.seed + index, progress=report)
     accuracy = trainer.accuracy(data.test) if data.test is not None else None
     model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()
     return model, accuracy

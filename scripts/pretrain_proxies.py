@@ -15,6 +15,7 @@ recipe names as one entry: proxies: ["hf-hub:NAME-{0..K-1}"]. The token comes fr
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from cmidd_hf.config import ConfigError
@@ -47,10 +48,12 @@ def main() -> None:
 
     spec = ProxyTrainingSpec.from_mapping({k: getattr(args, k) for k in (
         "arch", "count", "epochs", "lr", "momentum", "weight_decay", "batch_size", "seed")})
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cmidd_hf").setLevel(logging.INFO)
     data = load_image_classification(args.dataset, config_name=args.dataset_config)
     out_root = args.output_dir or Path("proxies") / f"{data.name}-{args.arch}"
     for index in range(spec.count):
-        model, accuracy = train_proxy(spec, data, index)
+        model, accuracy = train_proxy(spec, data, index, log_epochs=True)
         folder = save_proxy(model, out_root / f"proxy-{index}", data, spec, index, accuracy, args.dataset)
         print(f"proxy {index}: test accuracy {100 * accuracy:.2f} % -> {folder}")
         if args.push_to_hub:

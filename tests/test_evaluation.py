@@ -120,3 +120,25 @@ def test_compiled_evaluation_matches_eager(mnist):
     compiled = evaluate_synthetic(images, labels, mnist.test, compile=True, **kwargs)
     assert min(compiled.accuracies) > 0.5
     assert compiled.accuracies == pytest.approx(eager.accuracies, abs=0.03)
+
+
+def test_epoch_stats_are_the_loss_and_accuracy_over_the_training_set(mnist):
+    """With lr 0 the network never changes, so every epoch's stats must equal its cross-entropy and accuracy over
+    the whole training set, averaged per image (300 images in batches of 96: a per-batch mean would differ)."""
+    import torch.nn.functional as F
+
+    from cmidd_hf.evaluation import EvalProtocol, NetworkTrainer, _StoreSet
+
+    frozen = EvalProtocol("frozen", epochs=2, lr=0.0, momentum=0.0, weight_decay=0.0, batch_size=96, milestones=(),
+                          augmentation=None)
+    trainer = NetworkTrainer("convnet3", 10, mnist.train.image_shape, frozen, "cpu", precision="fp32")
+    positions = torch.arange(300)
+    stats = []
+    trainer.train(_StoreSet(mnist.train, positions, "cpu"), seed=3, progress=stats.append)
+    with torch.no_grad():
+        logits = trainer.model(mnist.train.images(positions)).float()
+    labels = mnist.train.labels[positions]
+    assert [s.epoch for s in stats] == [1, 2]
+    for s in stats:
+        assert s.loss == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+        assert s.accuracy == pytest.approx(float((logits.argmax(dim=1) == labels).float().mean()))

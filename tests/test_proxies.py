@@ -1,9 +1,14 @@
 """Proxy pools: timm Hub-format save/load (local-dir:, hf-hub: from the cache), transformers, checks."""
 
+import importlib.util
+import logging
 import shutil
+import sys
+from pathlib import Path
 
 import huggingface_hub
 import pytest
+import timm
 import torch
 import yaml
 
@@ -17,6 +22,8 @@ from cmidd_hf.proxies import (
     push_proxy,
     save_proxy,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +124,24 @@ def test_push_proxy_uploads_only_the_timm_files(saved_proxy, fake_hub):
     assert fake_hub.created[0]["repo_type"] == "model" and fake_hub.created[0]["exist_ok"]
     (upload,) = fake_hub.commits
     assert upload["files"] == ["README.md", "config.json", "model.safetensors"] and commit.oid
-    import timm
-
     reloaded = timm.create_model("hf-hub:org/mnist-convnet3-proxy-0", pretrained=True)
     assert reloaded.num_classes == 10
     with pytest.raises(ProxyError, match="not a saved proxy"):
         push_proxy(folder.parent, "org/x")
+
+
+def test_pretrain_script_logs_every_epoch_and_saves_timm_proxies(tmp_path, monkeypatch, caplog, capsys):
+    spec = importlib.util.spec_from_file_location("pretrain_proxies", ROOT / "scripts" / "pretrain_proxies.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["pretrain_proxies.py", "--dataset", "mnist-5k", "--arch", "convnet3",
+                                      "--count", "1", "--epochs", "2", "--batch_size", "1024",
+                                      "--output_dir", str(tmp_path)])
+    with caplog.at_level(logging.INFO, logger="cmidd_hf"):
+        script.main()
+    epochs = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert [m.split(":")[0] for m in epochs] == ["proxy 0 epoch 1/2", "proxy 0 epoch 2/2"]
+    losses = [float(m.split("train loss ")[1].split(",")[0]) for m in epochs]
+    assert losses[1] < losses[0] < 2.31  # it learns; the first epoch's mean is already below chance (ln 10)
+    assert "proxy 0: test accuracy" in capsys.readouterr().out
+    assert timm.create_model(f"local-dir:{tmp_path / 'proxy-0'}", pretrained=True).num_classes == 10
