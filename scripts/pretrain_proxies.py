@@ -18,6 +18,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from cmidd_hf.config import ConfigError
 from cmidd_hf.data import load_image_classification
 from cmidd_hf.proxies import ProxyTrainingSpec, push_proxy, save_proxy, train_proxy
@@ -53,7 +55,8 @@ def main() -> None:
     data = load_image_classification(args.dataset, config_name=args.dataset_config)
     out_root = args.output_dir or Path("proxies") / f"{data.name}-{args.arch}"
     for index in range(spec.count):
-        model, accuracy = train_proxy(spec, data, index, log_epochs=True)
+        with logging_redirect_tqdm():  # epoch lines above the bar, not glued to it
+            model, accuracy = train_proxy(spec, data, index, log_epochs=True)
         folder = save_proxy(model, out_root / f"proxy-{index}", data, spec, index, accuracy, args.dataset)
         print(f"proxy {index}: test accuracy {100 * accuracy:.2f} % -> {folder}")
         if args.push_to_hub:
