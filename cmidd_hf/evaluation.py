@@ -42,11 +42,23 @@ DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One training epoch, measured on the batches the network trained on (augmented, before the step)."""
+    """One training epoch, measured on the batches the network trained on (augmented, before the step).
+
+    The sums stay on the device until ``loss`` or ``accuracy`` is read, so a consumer that only counts epochs
+    never waits for the device."""
 
     epoch: int  # 1-based
-    loss: float  # mean cross-entropy per image (CutMix: the mixed loss)
-    accuracy: float  # top-1 accuracy against the batches' own labels
+    loss_sum: torch.Tensor  # summed cross-entropy over the epoch's images (CutMix: the mixed loss)
+    correct: torch.Tensor  # images whose top-1 prediction is their own label
+    images: int
+
+    @property
+    def loss(self) -> float:
+        return float(self.loss_sum) / self.images
+
+    @property
+    def accuracy(self) -> float:
+        return int(self.correct) / self.images
 
 
 @dataclass(frozen=True)
@@ -251,7 +263,6 @@ class NetworkTrainer:
         n = len(train_set)
         for epoch in range(1, p.epochs + 1):
             order = torch.randperm(n, generator=generator)
-            # summed on the device and read once per epoch (no per-step host sync on a GPU)
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), dtype=torch.long, device=self.device)
             for start in range(0, n, p.batch_size):
@@ -273,7 +284,7 @@ class NetworkTrainer:
                 correct += (logits.detach().argmax(dim=1) == y).sum()
             scheduler.step()
             if progress is not None:
-                progress(EpochStats(epoch, float(loss_sum) / n, int(correct) / n))
+                progress(EpochStats(epoch, loss_sum, correct, n))
 
     @torch.no_grad()
     def accuracy(self, store: RealImageStore, batch_size: int = 500) -> float:
