@@ -210,6 +210,12 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     return summary
 
 
+def configure_logging() -> None:
+    """The command-line log: the library's INFO lines (proxy training, ...), other libraries' warnings only."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cmidd_hf").setLevel(logging.INFO)
+
+
 def main_entry(argv, default_config: str | Path | None, method: str = "dm") -> int:
     """CLI of ``recipes/distill_<method>.py``: bad input -> one line on stderr and exit code 2;
     interruption -> 130."""
@@ -219,8 +225,7 @@ def main_entry(argv, default_config: str | Path | None, method: str = "dm") -> i
     from .distill import NonFiniteLossError, ResumeError
     from .proxies import ProxyError
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cmidd_hf").setLevel(logging.INFO)
+    configure_logging()
     try:
         run_distillation(parse_recipe(argv, method, default_config))
     except (ConfigError, DataError, ProxyError, ResumeError, NonFiniteLossError) as err:

@@ -15,7 +15,6 @@ recipe names as one entry: proxies: ["hf-hub:NAME-{0..K-1}"]. The token comes fr
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -24,6 +23,7 @@ from cmidd_hf.config import ConfigError
 from cmidd_hf.data import load_image_classification
 from cmidd_hf.proxies import ProxyTrainingSpec, push_proxy, save_proxy, train_proxy
 from cmidd_hf.recipes import check_can_push
+from cmidd_hf.runner import configure_logging
 
 
 def main() -> None:
@@ -50,8 +50,7 @@ def main() -> None:
 
     spec = ProxyTrainingSpec.from_mapping({k: getattr(args, k) for k in (
         "arch", "count", "epochs", "lr", "momentum", "weight_decay", "batch_size", "seed")})
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cmidd_hf").setLevel(logging.INFO)
+    configure_logging()
     data = load_image_classification(args.dataset, config_name=args.dataset_config)
     out_root = args.output_dir or Path("proxies") / f"{data.name}-{args.arch}"
     for index in range(spec.count):
