@@ -8,6 +8,7 @@ from __future__ import annotations
 from .augment import DiffAugment, DSAConstants
 from .cmi import CMIRegularizer, class_aware_cmi, class_centroids, dataset_cmi
 from .data import DataError, ImageClassificationData, RealImageStore, load_image_classification
+from .engine.parametrization import CondensedSet, MultiFormationParametrization, Parametrization, PixelParametrization
 from .evaluation import (
     PROTOCOLS,
     EvalProtocol,
@@ -23,12 +24,6 @@ from .interop import export_set, load_imagefolder, load_pt
 from .methods import METHODS, DistillationMethod, get_method, match_distance
 from .metrics import CLASS_AWARE_CMI
 from .models import REGISTERED_ARCHITECTURES, build_network, create_model, embed
-from .synthetic import (
-    CondensedSet,
-    MultiFormationParametrization,
-    Parametrization,
-    PixelParametrization,
-)
 
 __version__ = "0.1.0"
 

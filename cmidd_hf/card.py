@@ -19,7 +19,7 @@ import torch
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from .data import canonical_dataset
-from .run_folder import GRID
+from .engine.run_folder import GRID
 
 BIBTEX = {
     "cmidd": """@inproceedings{cmidd2025,

@@ -13,9 +13,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-
-class ConfigError(ValueError):
-    """A bad recipe argument: the message names the field and the fix."""
+from .engine.errors import ConfigError
 
 
 def parse_args(

@@ -22,9 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import RealImageStore
+from .engine.precision import autocast, resolve_precision
+from .engine.seeding import generator
 from .models import build_network, embed
-from .precision import autocast, resolve_precision
-from .seeding import generator
 
 CORESET_METHODS = ("random", "herding", "k-center", "forgetting")
 

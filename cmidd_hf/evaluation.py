@@ -14,9 +14,9 @@ selection ever looks at the test split.
 
 Speed: tiny training sets stay one tensor (no DataLoader); the network is built once per architecture,
 compiled once, and receives a freshly seeded initialization for each run; bf16 autocast where the hardware
-has native bf16 (:mod:`cmidd_hf.precision`) and channels-last;
+has native bf16 (:mod:`cmidd_hf.engine.precision`) and channels-last;
 on CPU, freed activation memory is reused across steps instead of being page-faulted in again
-(:mod:`cmidd_hf.cpu_memory`).
+(:mod:`cmidd_hf.engine.cpu_memory`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import DiffAugment
-from .cpu_memory import reuse_freed_memory
 from .data import ImageClassificationData, RealImageStore
+from .engine.cpu_memory import reuse_freed_memory
+from .engine.precision import autocast, resolve_precision
 from .models import build_network
-from .precision import autocast, resolve_precision
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from .data import DataError
+from .engine.parametrization import CondensedSet
 from .hub import SyntheticSet
 from .hub_layout import replace_dir
 from .outputs import to_uint8_images
-from .synthetic import CondensedSet
 
 
 def _normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from .config import ConfigError, parse_args
+from .config import parse_args
+from .engine.errors import ConfigError
+from .engine.precision import PRECISIONS
 from .evaluation import PROTOCOLS
 from .methods import METHODS, MethodConfig, MethodConfigError, get_method
-from .precision import PRECISIONS
 
 
 @dataclass

@@ -15,16 +15,17 @@ from accelerate.utils import ProjectConfiguration, gather_object
 
 from . import __version__
 from .cmi import CMIRegularizer, dataset_cmi
-from .config import ConfigError, to_yaml
+from .config import to_yaml
 from .data import ImageClassificationData, load_image_classification
-from .distill import Distiller, check_compatible, find_checkpoint
+from .engine.distill import Distiller, check_compatible, find_checkpoint
+from .engine.errors import ConfigError
+from .engine.run_folder import STATE_FILE, RunFolder
 from .evaluation import EvaluationResult, default_augmentation, evaluate_random_subset, evaluate_synthetic
 from .hub import SyntheticSet
 from .methods import DistillationMethod, MethodConfigError, MethodContext, get_method
 from .outputs import plot_curves
 from .proxies import ProxyPool
 from .recipes import DistillRecipe, parse_recipe, validate
-from .run_folder import STATE_FILE, RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def main_entry(argv, default_config: str | Path | None, method: str = "dm") -> i
     import sys
 
     from .data import DataError
-    from .distill import NonFiniteLossError, ResumeError
+    from .engine.distill import NonFiniteLossError, ResumeError
     from .proxies import ProxyError
 
     configure_logging()

@@ -6,7 +6,7 @@ factor 2, 100 image steps per iteration, n_data 2000; IDM: factor 2, a pool of n
 norm) proxy for the CMI term (λ as the CIFAR-10 presets: global 8000 / 50000 for DM / DC / DSA, per class 100
 for IDC, global 1000 for IDM). ``--set key=value`` overrides a method setting, e.g. ``--set inner_loop=10`` to
 time IDC's image steps on a shorter iteration (the line reports seconds per image step too). The timed loop is
-the engine users run (:class:`cmidd_hf.distill.Distiller`), on one process; each configuration runs in its own
+the engine users run (:class:`cmidd_hf.engine.distill.Distiller`), on one process; each configuration runs in its own
 subprocess so that peak memory is its own. Iteration times come from the run's metrics.jsonl (``seconds``),
 warm-up excluded.
 
@@ -30,7 +30,7 @@ import tempfile
 import torch
 import yaml
 
-from cmidd_hf.precision import PRECISIONS, resolve_precision
+from cmidd_hf.engine.precision import PRECISIONS, resolve_precision
 
 CMI = {"dm": (8000, "global"), "dc": (50000, "global"), "dsa": (50000, "global"), "idc": (100, "per_class"),
        "idm": (1000, "global")}
@@ -42,9 +42,9 @@ def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool
 
     import cmidd_hf  # noqa: F401  (registers resnet18_cifar)
     from cmidd_hf import CMIRegularizer, RealImageStore, build_network
-    from cmidd_hf.distill import Distiller
+    from cmidd_hf.engine.distill import Distiller
+    from cmidd_hf.engine.run_folder import RunFolder
     from cmidd_hf.methods import MethodContext, get_method
-    from cmidd_hf.run_folder import RunFolder
 
     g = torch.Generator().manual_seed(0)
     u8 = torch.randint(0, 256, (10 * 300, 3, 32, 32), dtype=torch.uint8, generator=g)

@@ -29,9 +29,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cmidd_hf.augment import DiffAugment
 from cmidd_hf.data import RealImageStore, load_image_classification
+from cmidd_hf.engine.precision import PRECISIONS, resolve_precision
 from cmidd_hf.evaluation import NetworkTrainer, _TensorSet, default_augmentation, get_protocol
 from cmidd_hf.models import build_network
-from cmidd_hf.precision import PRECISIONS, resolve_precision
 
 
 def plain_eager_run(images, labels, test_u8, test_labels, store, protocol, seed) -> float:

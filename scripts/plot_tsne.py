@@ -18,10 +18,10 @@ import torch
 
 from cmidd_hf import load_image_classification
 from cmidd_hf.data import DataError
+from cmidd_hf.engine.seeding import generator
 from cmidd_hf.hub import load_synthetic
 from cmidd_hf.outputs import plot_tsne
 from cmidd_hf.proxies import ProxyError, ProxyPool
-from cmidd_hf.seeding import generator
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,9 @@ from pathlib import Path
 import cmidd_hf
 from cmidd_hf.coreset import CORESET_METHODS, select_coreset
 from cmidd_hf.data import DataError, load_image_classification
+from cmidd_hf.engine.precision import PRECISIONS
 from cmidd_hf.evaluation import PROTOCOLS, default_augmentation, evaluate_synthetic
 from cmidd_hf.hub import SyntheticSet
-from cmidd_hf.precision import PRECISIONS
 from cmidd_hf.proxies import ProxyError, ProxyPool
 
 

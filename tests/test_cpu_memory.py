@@ -6,16 +6,16 @@ import textwrap
 
 import pytest
 
-from cmidd_hf import cpu_memory
-from cmidd_hf.cpu_memory import reuse_freed_memory
+from cmidd_hf.engine import cpu_memory
+from cmidd_hf.engine.cpu_memory import reuse_freed_memory
 
 # Run in a fresh interpreter: the test process's heap already holds large free chunks that could serve the
 # "after" allocation and hide whether the thresholds were restored.
 _PROBE = textwrap.dedent("""
     import ctypes, json
     import torch
-    from cmidd_hf import cpu_memory
-    from cmidd_hf.cpu_memory import reuse_freed_memory
+    from cmidd_hf.engine import cpu_memory
+    from cmidd_hf.engine.cpu_memory import reuse_freed_memory
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

@@ -16,10 +16,10 @@ from accelerate import Accelerator
 from datasets import load_dataset
 
 from cmidd_hf import CMIRegularizer, load_image_classification
-from cmidd_hf.config import ConfigError
-from cmidd_hf.distill import Distiller, NonFiniteLossError, ResumeError, check_compatible
+from cmidd_hf.engine.distill import Distiller, NonFiniteLossError, ResumeError, check_compatible
+from cmidd_hf.engine.errors import ConfigError
+from cmidd_hf.engine.parametrization import PixelParametrization
 from cmidd_hf.methods import DistributionMatching, DMConfig, MethodContext, Sharding
-from cmidd_hf.synthetic import PixelParametrization
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny_dm_cmi.yaml"

@@ -10,9 +10,9 @@ import torch
 from accelerate import Accelerator
 
 from cmidd_hf import evaluate_synthetic, load_image_classification
-from cmidd_hf.distill import Distiller
+from cmidd_hf.engine.distill import Distiller
+from cmidd_hf.engine.parametrization import PixelParametrization
 from cmidd_hf.methods import DC, DSA, DCConfig, DSAConfig, MethodConfigError, MethodContext, match_distance
-from cmidd_hf.synthetic import PixelParametrization
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 import cmidd_hf.idx as idx
 from cmidd_hf import load_image_classification
 from cmidd_hf.data import DataError
-from cmidd_hf.distill import Distiller
+from cmidd_hf.engine.distill import Distiller
 from cmidd_hf.methods import DistributionMatching, DMConfig, MethodContext
 
 

@@ -15,13 +15,19 @@ from accelerate import Accelerator
 
 from cmidd_hf import CMIRegularizer, build_network, evaluate_synthetic, load_image_classification
 from cmidd_hf.cmi import class_aware_cmi
-from cmidd_hf.distill import Distiller
+from cmidd_hf.engine.distill import Distiller
+from cmidd_hf.engine.optim import ClassSequentialSGD
+from cmidd_hf.engine.parametrization import (
+    CondensedSet,
+    MultiFormationParametrization,
+    decode_mosaic,
+    split_sizes,
+    tile_mosaic,
+)
+from cmidd_hf.engine.seeding import generator
 from cmidd_hf.hub import load_condensed, load_synthetic
 from cmidd_hf.interop import export_set, load_pt
 from cmidd_hf.methods import IDC, IDM, IDCConfig, IDMConfig, MethodContext
-from cmidd_hf.optim import ClassSequentialSGD
-from cmidd_hf.seeding import generator
-from cmidd_hf.synthetic import CondensedSet, MultiFormationParametrization, decode_mosaic, split_sizes, tile_mosaic
 
 ROOT = Path(__file__).resolve().parents[1]
 

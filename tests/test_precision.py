@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cmidd_hf import evaluate_synthetic, load_image_classification
-from cmidd_hf import precision as precision_module
+from cmidd_hf.engine import precision as precision_module
+from cmidd_hf.engine.precision import autocast, has_native_bf16, resolve_precision
 from cmidd_hf.evaluation import NetworkTrainer, get_protocol
 from cmidd_hf.methods import DC, DCConfig, DistributionMatching, DMConfig, MethodContext
-from cmidd_hf.precision import autocast, has_native_bf16, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_amx_counts_as_native(monkeypatch):
 
 def test_emulated_bf16_is_honoured_with_one_warning(cpu_bf16, caplog):
     cpu_bf16(False)
-    with caplog.at_level(logging.WARNING, logger="cmidd_hf.precision"):
+    with caplog.at_level(logging.WARNING, logger="cmidd_hf.engine.precision"):
         assert resolve_precision("bf16", "cpu") == "bf16"
         assert resolve_precision("bf16", "cpu") == "bf16"
     warnings = [r for r in caplog.records if "emulated" in r.getMessage()]

@@ -1,6 +1,6 @@
 """Base distillation methods, one module each, registered by name (``get_method("dm")``)."""
 
-from .base import (
+from ..engine.method import (
     METHODS,
     DistillationMethod,
     MethodConfig,

@@ -19,20 +19,22 @@ import torch
 import torch.nn as nn
 
 from ..augment import DiffAugment, apply
-from ..models import build_network
-from ..precision import autocast, resolve_precision
-from ..seeding import derive_seed, generator
-from ..synthetic import Parametrization
-from .base import (
+from ..engine.method import (
     DistillationMethod,
     MethodConfig,
     MethodConfigError,
     MethodContext,
     Sharding,
+    register_method,
+)
+from ..engine.parametrization import Parametrization
+from ..engine.precision import autocast, resolve_precision
+from ..engine.seeding import derive_seed, generator
+from ..models import build_network
+from .base import (
     check_architecture,
     check_per_class_counts,
     check_strategy,
-    register_method,
     reset_in_place,
     resettable_modules,
     resolve_strategy,
@@ -73,7 +75,7 @@ class DMConfig(MethodConfig):
 @register_method
 class DistributionMatching(DistillationMethod):
     """DM matching loss. The frozen real-image path runs under bf16 autocast when the resolved precision is
-    bf16 (``"auto"``: where the device has native bf16, see :mod:`cmidd_hf.precision`)."""
+    bf16 (``"auto"``: where the device has native bf16, see :mod:`cmidd_hf.engine.precision`)."""
 
     name = "dm"
     config_class = DMConfig

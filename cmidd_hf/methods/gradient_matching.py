@@ -22,20 +22,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..augment import DiffAugment, apply
-from ..models import build_network
-from ..precision import autocast, resolve_precision
-from ..seeding import derive_seed, generator
-from ..synthetic import Parametrization
-from .base import (
+from ..engine.method import (
     DistillationMethod,
     MethodConfig,
     MethodConfigError,
     MethodContext,
     Sharding,
+    register_method,
+)
+from ..engine.parametrization import Parametrization
+from ..engine.precision import autocast, resolve_precision
+from ..engine.seeding import derive_seed, generator
+from ..models import build_network
+from .base import (
     check_architecture,
     check_per_class_counts,
     check_strategy,
-    register_method,
     reset_in_place,
     resettable_modules,
     resolve_strategy,

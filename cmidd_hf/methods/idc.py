@@ -9,7 +9,7 @@ batch and on at most ``batch_syn_max`` decoded synthetic images, with one augmen
 ``color_crop`` + CutMix). The stored pixels are clamped to [0, 1] at the start of every iteration.
 
 The network trains on real data only, identically on every process, so classes are sharded without a
-gather. Each image step is one step for all classes; :class:`~cmidd_hf.optim.ClassSequentialSGD` reproduces
+gather. Each image step is one step for all classes; :class:`~cmidd_hf.engine.optim.ClassSequentialSGD` reproduces
 the official one-step-per-class momentum.
 """
 
@@ -23,25 +23,27 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import DiffAugment, apply
-from ..evaluation import cutmix
-from ..models import build_network
-from ..optim import ClassSequentialSGD
-from ..precision import autocast, resolve_precision
-from ..seeding import derive_seed, generator
-from ..synthetic import MultiFormationParametrization, Parametrization, PixelParametrization
-from .base import (
+from ..engine.method import (
     DistillationMethod,
     MethodConfig,
     MethodConfigError,
     MethodContext,
     Sharding,
+    register_method,
+)
+from ..engine.optim import ClassSequentialSGD
+from ..engine.parametrization import MultiFormationParametrization, Parametrization, PixelParametrization
+from ..engine.precision import autocast, resolve_precision
+from ..engine.seeding import derive_seed, generator
+from ..evaluation import cutmix
+from ..models import build_network
+from .base import (
     check_architecture,
     check_mix_init,
     check_net_sgd,
     check_per_class_counts,
     check_strategy,
     mix_image_counts,
-    register_method,
     reset_in_place,
     resettable_modules,
 )

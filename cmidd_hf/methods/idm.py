@@ -29,24 +29,26 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import DiffAugment, apply
-from ..models import build_network
-from ..optim import ClassSequentialSGD
-from ..precision import autocast, resolve_precision
-from ..seeding import derive_seed, generator
-from ..synthetic import MultiFormationParametrization, Parametrization, PixelParametrization
-from .base import (
+from ..engine.method import (
     DistillationMethod,
     MethodConfig,
     MethodConfigError,
     MethodContext,
     Sharding,
+    register_method,
+)
+from ..engine.optim import ClassSequentialSGD
+from ..engine.parametrization import MultiFormationParametrization, Parametrization, PixelParametrization
+from ..engine.precision import autocast, resolve_precision
+from ..engine.seeding import derive_seed, generator
+from ..models import build_network
+from .base import (
     check_architecture,
     check_mix_init,
     check_net_sgd,
     check_per_class_counts,
     check_strategy,
     mix_image_counts,
-    register_method,
     reset_in_place,
     resettable_modules,
     resolve_strategy,

@@ -1,7 +1,7 @@
 """The method-agnostic distillation engine: a parametrization, a base method, an optional regularizer.
 
 One code path for 1 CPU, 1 GPU and many processes (Accelerate). How classes are spread over processes is the
-method's declared :class:`~cmidd_hf.methods.base.Sharding`; every random draw derives from
+method's declared :class:`~cmidd_hf.engine.method.Sharding`; every random draw derives from
 (seed, tag, step, substep, class), so the synthetic set does not depend on the number of processes.
 
 An *iteration* is ``method.image_steps_per_iteration`` image steps (1 for DM, ``outer_loop`` for DC/DSA,
@@ -32,12 +32,12 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .config import ConfigError
 from .cpu_memory import reuse_freed_memory
-from .methods.base import DistillationMethod, Sharding
-from .regularizers import Regularizer
+from .errors import ConfigError
+from .method import DistillationMethod, Sharding
+from .parametrization import Parametrization
+from .regularizer import Regularizer
 from .run_folder import STATE_FILE, RunFolder
-from .synthetic import Parametrization
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Distiller:
 
     Args:
         accelerator: the run's Accelerator.
-        method: the base method (its hooks are described in :mod:`cmidd_hf.methods.base`).
+        method: the base method (its hooks are described in :mod:`cmidd_hf.engine.method`).
         synthetic: the initial parametrization (identical on every process).
         regularizer: e.g. :class:`cmidd_hf.cmi.CMIRegularizer`, or None for the base method alone.
         fingerprint: identity of the run (dataset, ipc, image size, method, ...), checked on resume.

@@ -1,0 +1,171 @@
+"""The contract between the distillation engine and a base method (DM, DC, DSA, IDC, IDM; MTT, SRe2L next).
+
+A method is one module under ``cmidd_hf/methods/`` with a config dataclass and a :class:`DistillationMethod`
+subclass registered by name. The engine (:class:`cmidd_hf.engine.distill.Distiller`) only ever calls the hooks below:
+
+* :meth:`~DistillationMethod.init_synthetic` — the parametrization to learn (pixels by default);
+* :meth:`~DistillationMethod.make_optimizer` — the optimizer over the parametrization (and any learnable
+  tensors the method owns), with an optional per-image-step scheduler;
+* :meth:`~DistillationMethod.begin_iteration` — per-iteration work (a fresh random network, a pixel clamp);
+* :meth:`~DistillationMethod.losses` — one image step's losses of some classes, as named tensors (summed into
+  the loss, all logged);
+* :meth:`~DistillationMethod.after_image_step` — work between image steps (the DC/DSA inner loop);
+* :meth:`~DistillationMethod.regularizer_inputs` / :meth:`~DistillationMethod.regularizer_draw` — which
+  decoded images the regularizer sees (all of a class's by default; IDC: at most 128) and the key of its
+  random draws (the iteration by default; IDC: the image step);
+* :meth:`~DistillationMethod.state_dict` / :meth:`~DistillationMethod.load_state_dict` — the method's own
+  state, saved with every checkpoint so that resuming is bit-exact.
+
+``sharding`` says how classes are spread over processes (:class:`Sharding`). Every random draw must derive
+from ``(seed, tag, step, substep, class)`` so that a class's loss does not depend on which process computes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+import torch
+
+from ..data import RealImageStore
+from .parametrization import Parametrization, PixelParametrization
+
+
+class Sharding(str, Enum):
+    """How a method's classes are spread over processes.
+
+    * ``CLASS``: each process owns some classes and reads only their synthetic images; the set is gathered
+      when the whole of it is needed (checkpoint, evaluation, end).
+    * ``CLASS_GATHERED``: as CLASS, but the whole set is gathered after every image step because
+      :meth:`DistillationMethod.after_image_step` reads all of it (DC/DSA train a network on it).
+    * ``REPLICATED``: the loss couples classes; every process computes everything (identically).
+    """
+
+    CLASS = "class"
+    CLASS_GATHERED = "class_gathered"
+    REPLICATED = "replicated"
+
+
+class MethodConfigError(ValueError):
+    """A method setting that cannot work; the message names the field and the fix."""
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has: the image optimizer and the initialization."""
+
+    _argument_group_name: ClassVar[str] = "method"
+
+    lr_img: float = field(default=1.0, metadata={"help": "learning rate of the synthetic images"})
+    momentum_img: float = field(default=0.5, metadata={"help": "SGD momentum of the synthetic images"})
+    init: str = field(default="real", metadata={"help": "initialization", "choices": ["real", "noise"]})
+
+    def validate(self) -> None:
+        """Raise MethodConfigError naming the field and the fix (no data needed)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MethodConfigError(f"{f.name}={value}: must be a finite number")
+        if self.lr_img <= 0:
+            raise MethodConfigError(f"lr_img={self.lr_img}: must be > 0")
+        if not 0 <= self.momentum_img < 1:
+            raise MethodConfigError(f"momentum_img={self.momentum_img}: must be in [0, 1)")
+
+    def identity(self) -> dict:
+        """Settings a checkpoint must share with the run resuming it."""
+        return {"init": self.init}
+
+    def augmentation(self, dataset_name: str) -> str | None:
+        """The DSA strategy the method applies on ``dataset_name`` (None: no augmentation)."""
+        return None
+
+
+@dataclass
+class MethodContext:
+    """What a method is built with besides its config."""
+
+    real: RealImageStore
+    ipc: int
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "auto"
+    compile: bool = False
+    augmentation: str | None = None  # the resolved DSA strategy of the dataset (None: no augmentation)
+
+
+class DistillationMethod:
+    """Base class of the base methods; see the module docstring for the hooks the engine calls."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    sharding: Sharding = Sharding.CLASS
+
+    def __init__(self, config: MethodConfig, context: MethodContext) -> None:
+        self.config, self.context = config, context
+        self.seed, self.device = context.seed, torch.device(context.device)
+
+    @property
+    def image_steps_per_iteration(self) -> int:
+        """Image updates in one iteration (DC/DSA: ``outer_loop``)."""
+        return 1
+
+    def init_synthetic(self) -> Parametrization:
+        """The initial parametrization of ``context.ipc`` images per class (identical on every process)."""
+        init = PixelParametrization.from_real if self.config.init == "real" else PixelParametrization.from_noise
+        return init(self.context.real, self.context.ipc, self.seed)
+
+    def make_optimizer(
+        self, synthetic: Parametrization
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        optimizer = torch.optim.SGD(synthetic.parameters(), lr=self.config.lr_img, momentum=self.config.momentum_img)
+        return optimizer, None
+
+    def begin_iteration(self, synthetic: Parametrization, step: int) -> None:
+        """Called before the first image step of iteration ``step`` (not again when resuming inside it)."""
+
+    def losses(self, synthetic: Parametrization, classes: Sequence[int], step: int,
+               substep: int) -> dict[str, torch.Tensor]:
+        """The named loss terms of ``classes`` at image step ``substep`` of iteration ``step``."""
+        raise NotImplementedError
+
+    def after_image_step(self, synthetic: Parametrization, step: int, substep: int) -> None:
+        """Called after every image step (with the whole set gathered under CLASS_GATHERED sharding)."""
+
+    def regularizer_inputs(self, synthetic: Parametrization, classes: Sequence[int], step: int,
+                           substep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The un-augmented images (and labels) of ``classes`` the regularizer sees: all decoded ones."""
+        return synthetic.decode(classes)
+
+    def regularizer_draw(self, step: int, substep: int) -> tuple[int, ...]:
+        """The key of the regularizer's random draws (e.g. its proxy) at an image step: the iteration."""
+        return (step,)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"method {self.name!r} has no state but the checkpoint holds {sorted(state)}")
+
+    def describe(self) -> dict:
+        """The method's settings as recorded in the dataset card (with what the config left to defaults)."""
+        return dataclasses.asdict(self.config)
+
+
+METHODS: dict[str, type[DistillationMethod]] = {}
+
+
+def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
+    """Class decorator: make ``cls`` available as ``get_method(cls.name)``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[DistillationMethod]:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
+    return METHODS[name]
