@@ -5,9 +5,10 @@ Importing the package registers its architectures with timm (``convnet3``, ``res
 
 from __future__ import annotations
 
-from .augment import DiffAugment, DSAConstants
 from .cmi import CMIRegularizer, class_aware_cmi, class_centroids, dataset_cmi
-from .data import DataError, ImageClassificationData, RealImageStore, load_image_classification
+from .data.augment import DiffAugment, DSAConstants
+from .data.errors import DataError
+from .data.loading import ImageClassificationData, RealImageStore, load_image_classification
 from .engine.parametrization import CondensedSet, MultiFormationParametrization, Parametrization, PixelParametrization
 from .evaluation import (
     PROTOCOLS,

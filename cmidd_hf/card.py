@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .data import canonical_dataset
+from .data.loading import canonical_dataset
 from .engine.run_folder import GRID
 
 BIBTEX = {

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import RealImageStore
+from .data.loading import RealImageStore
 from .engine.precision import autocast, resolve_precision
 from .engine.seeding import generator
 from .models import build_network, embed

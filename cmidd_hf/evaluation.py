@@ -21,7 +21,6 @@ on CPU, freed activation memory is reused across steps instead of being page-fau
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -31,13 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .augment import DiffAugment
-from .data import ImageClassificationData, RealImageStore
+from .data.augment import DSA_STRATEGY, DiffAugment, cutmix
+from .data.loading import ImageClassificationData, RealImageStore
 from .engine.cpu_memory import reuse_freed_memory
 from .engine.precision import autocast, resolve_precision
 from .models import build_network
-
-DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclass(frozen=True)
@@ -89,12 +86,6 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         augmentation="color_crop_flip_scale_rotate", augmentation_mode="idc", cutmix_prob=0.5,
     ),
 }
-
-
-def default_augmentation(dataset_name: str, strategy: str = DSA_STRATEGY) -> str:
-    """The DSA strategy for a dataset: digits (MNIST, SVHN) are not flipped (DSA README)."""
-    digits = any(key in dataset_name.lower() for key in ("mnist", "svhn")) and "fashion" not in dataset_name.lower()
-    return "_".join(g for g in strategy.split("_") if g != "flip") if digits else strategy
 
 
 def get_protocol(name: str | EvalProtocol, **overrides) -> EvalProtocol:
@@ -183,22 +174,6 @@ class _StoreSet:
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos = self.positions[idx]
         return self.store.images(pos, self.device), self.store.labels[pos].to(self.device)
-
-
-def cutmix(x, y, generator):
-    """CutMix with lambda ~ Beta(1, 1) and a random partner permutation; returns mixed x, partner y, lambda."""
-    n, _, h, w = x.shape
-    lam = float(torch.rand((), generator=generator))
-    perm = torch.randperm(n, generator=generator).to(x.device)
-    cut = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(h * cut), int(w * cut)
-    cy, cx = int(torch.randint(h, (), generator=generator)), int(torch.randint(w, (), generator=generator))
-    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-    x = x.clone()
-    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
-    lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
-    return x, y[perm], lam
 
 
 # ------------------------------------------------------------------------------------------ the trainer

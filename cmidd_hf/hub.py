@@ -23,10 +23,11 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from .card import asset_prefix, build_card_data, plain, render_card
-from .data import DataError, find_columns, known_stats
+from .data.errors import DataError
+from .data.hub_layout import write_hub_dataset
+from .data.loading import find_columns, known_stats
 from .engine.parametrization import CondensedSet
 from .engine.run_folder import CONDENSED, GRID
-from .hub_layout import write_hub_dataset
 from .outputs import save_grid, to_uint8_images
 
 

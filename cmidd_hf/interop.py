@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError
+from .data.errors import DataError
+from .data.hub_layout import replace_dir
 from .engine.parametrization import CondensedSet
 from .hub import SyntheticSet
-from .hub_layout import replace_dir
 from .outputs import to_uint8_images
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from timm.models import save_for_hf
 
-from .data import ImageClassificationData
+from .data.loading import ImageClassificationData
 from .evaluation import EpochStats, EvalProtocol, NetworkTrainer, _StoreSet
 
 logger = logging.getLogger(__name__)

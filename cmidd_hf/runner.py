@@ -16,11 +16,12 @@ from accelerate.utils import ProjectConfiguration, gather_object
 from . import __version__
 from .cmi import CMIRegularizer, dataset_cmi
 from .config import to_yaml
-from .data import ImageClassificationData, load_image_classification
+from .data.augment import default_augmentation
+from .data.loading import ImageClassificationData, load_image_classification
 from .engine.distill import Distiller, check_compatible, find_checkpoint
 from .engine.errors import ConfigError
 from .engine.run_folder import STATE_FILE, RunFolder
-from .evaluation import EvaluationResult, default_augmentation, evaluate_random_subset, evaluate_synthetic
+from .evaluation import EvaluationResult, evaluate_random_subset, evaluate_synthetic
 from .hub import SyntheticSet
 from .methods import DistillationMethod, MethodConfigError, MethodContext, get_method
 from .outputs import plot_curves
@@ -222,7 +223,7 @@ def main_entry(argv, default_config: str | Path | None, method: str = "dm") -> i
     interruption -> 130."""
     import sys
 
-    from .data import DataError
+    from .data.errors import DataError
     from .engine.distill import NonFiniteLossError, ResumeError
     from .proxies import ProxyError
 

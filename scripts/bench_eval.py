@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from cmidd_hf.augment import DiffAugment
-from cmidd_hf.data import RealImageStore, load_image_classification
+from cmidd_hf.data.augment import DiffAugment, default_augmentation
+from cmidd_hf.data.loading import RealImageStore, load_image_classification
 from cmidd_hf.engine.precision import PRECISIONS, resolve_precision
-from cmidd_hf.evaluation import NetworkTrainer, _TensorSet, default_augmentation, get_protocol
+from cmidd_hf.evaluation import NetworkTrainer, _TensorSet, get_protocol
 from cmidd_hf.models import build_network
 
 

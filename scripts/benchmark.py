@@ -98,7 +98,7 @@ def run_cell(args, method: str, ipc: int, seed: int) -> dict:
         command = ["evaluate_whole_dataset", args.dataset, f"epochs={args.whole_epochs}", f"seed={seed}"]
         print(f"[whole seed {seed}] one network on the whole training set, {args.whole_epochs} epochs", flush=True)
         from cmidd_hf import evaluate_whole_dataset, load_image_classification
-        from cmidd_hf.evaluation import default_augmentation
+        from cmidd_hf.data.augment import default_augmentation
 
         data = load_image_classification(args.dataset)
         result = evaluate_whole_dataset(data, epochs=args.whole_epochs, seed=seed,

@@ -11,7 +11,8 @@ import argparse
 import json
 
 from cmidd_hf import evaluate_random_subset, evaluate_whole_dataset, load_image_classification
-from cmidd_hf.evaluation import PROTOCOLS, default_augmentation
+from cmidd_hf.data.augment import default_augmentation
+from cmidd_hf.evaluation import PROTOCOLS
 
 
 def main() -> None:

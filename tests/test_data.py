@@ -8,7 +8,8 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 
-from cmidd_hf.data import EMBEDDED_DIR, DataError, RealImageStore, known_stats, load_image_classification
+from cmidd_hf.data.errors import DataError
+from cmidd_hf.data.loading import EMBEDDED_DIR, RealImageStore, known_stats, load_image_classification
 
 
 def tiny_rgb(n_per_class=4, classes=3, size=8, seed=0, image_col="img", label_col="label"):

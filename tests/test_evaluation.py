@@ -12,7 +12,7 @@ from cmidd_hf import (
     get_protocol,
     load_image_classification,
 )
-from cmidd_hf.evaluation import cutmix, default_augmentation
+from cmidd_hf.data.augment import cutmix, default_augmentation
 
 FAST = dict(compile=False, progress=False)
 

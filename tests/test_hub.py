@@ -10,7 +10,7 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
 from cmidd_hf import SyntheticSet, export_set, load_imagefolder, load_pt, load_synthetic
-from cmidd_hf.data import DataError
+from cmidd_hf.data.errors import DataError
 from cmidd_hf.outputs import to_uint8_images
 
 NAMES = [str(d) for d in range(10)]
@@ -146,7 +146,7 @@ def test_plain_image_dataset_loads_with_known_normalization(tmp_path):
 
 
 def _embedded_mnist():
-    from cmidd_hf.data import EMBEDDED_DIR
+    from cmidd_hf.data.loading import EMBEDDED_DIR
 
     return EMBEDDED_DIR / "mnist-5k"
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-import cmidd_hf.idx as idx
+import cmidd_hf.data.idx as idx
 from cmidd_hf import load_image_classification
-from cmidd_hf.data import DataError
+from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.distill import Distiller
 from cmidd_hf.methods import DistributionMatching, DMConfig, MethodContext
 

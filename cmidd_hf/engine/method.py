@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..data import RealImageStore
+from ..data.loading import RealImageStore
 from .parametrization import Parametrization, PixelParametrization
 
 

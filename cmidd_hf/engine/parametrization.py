@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import RealImageStore
+from ..data.loading import RealImageStore
 from .seeding import generator
 
 

@@ -8,10 +8,9 @@ import timm
 import torch
 
 from .. import models  # noqa: F401  (registers convnet3, resnet18_cifar, ... with timm)
-from ..augment import parse_strategy
-from ..data import RealImageStore
+from ..data.augment import default_augmentation, parse_strategy
+from ..data.loading import RealImageStore
 from ..engine.method import MethodConfigError
-from ..evaluation import default_augmentation
 
 
 def check_architecture(field_name: str, arch: str) -> None:

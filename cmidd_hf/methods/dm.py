@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from ..augment import DiffAugment, apply
+from ..data.augment import DiffAugment, apply
 from ..engine.method import (
     DistillationMethod,
     MethodConfig,

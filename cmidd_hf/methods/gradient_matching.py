@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..augment import DiffAugment, apply
+from ..data.augment import DiffAugment, apply
 from ..engine.method import (
     DistillationMethod,
     MethodConfig,

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..augment import DiffAugment, apply
+from ..data.augment import DiffAugment, apply, cutmix
 from ..engine.method import (
     DistillationMethod,
     MethodConfig,
@@ -35,7 +35,6 @@ from ..engine.optim import ClassSequentialSGD
 from ..engine.parametrization import MultiFormationParametrization, Parametrization, PixelParametrization
 from ..engine.precision import autocast, resolve_precision
 from ..engine.seeding import derive_seed, generator
-from ..evaluation import cutmix
 from ..models import build_network
 from .base import (
     check_architecture,

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..augment import DiffAugment, apply
+from ..data.augment import DiffAugment, apply
 from ..engine.method import (
     DistillationMethod,
     MethodConfig,

@@ -1,7 +1,7 @@
 """Real image-classification data from Hugging Face ``datasets``, as class-indexed uint8 stores.
 
 ``load_image_classification`` accepts an embedded dataset name (``"mnist-5k"``), ``"fashion-mnist"``, an IDX
-folder as ``"idx:/path"`` (MNIST format, converted once, see :mod:`cmidd_hf.idx`), a local folder in Hub
+folder as ``"idx:/path"`` (MNIST format, converted once, see :mod:`cmidd_hf.data.idx`), a local folder in Hub
 layout, a Hub dataset id (resolved with ``snapshot_download`` so the Hub cache also works offline), or a
 ``Dataset`` / ``DatasetDict``. Image and label columns are found by feature type. Images are kept as uint8
 and normalized on the fly; ``in_memory=False`` keeps them in Arrow and decodes on demand (ImageNet scale).
@@ -19,7 +19,9 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value, load_dataset
 from PIL import Image as PILImage
 
-EMBEDDED_DIR = Path(__file__).parent / "datasets"
+from .errors import DataError
+
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_DATASETS = ("mnist-5k",)
 #: names that load Fashion-MNIST from the Hub (zalando-datasets/fashion_mnist) or, offline, from its IDX files
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist")
@@ -43,10 +45,6 @@ _ALIASES = {
     "tiny-imagenet-200": "tiny_imagenet",
 }
 _LABEL_NAME_PREFERENCE = ("label", "labels", "fine_label")
-
-
-class DataError(ValueError):
-    """Bad dataset input: the message names the field and the fix."""
 
 
 def canonical_dataset(name: str) -> str | None:

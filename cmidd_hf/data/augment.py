@@ -238,3 +238,30 @@ _OPS = {
     "scale": _scale,
     "rotate": _rotate,
 }
+
+
+# ------------------------------------------------------------------------------------------ defaults and CutMix
+
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+
+def default_augmentation(dataset_name: str, strategy: str = DSA_STRATEGY) -> str:
+    """The DSA strategy for a dataset: digits (MNIST, SVHN) are not flipped (DSA README)."""
+    digits = any(key in dataset_name.lower() for key in ("mnist", "svhn")) and "fashion" not in dataset_name.lower()
+    return "_".join(g for g in strategy.split("_") if g != "flip") if digits else strategy
+
+
+def cutmix(x, y, generator):
+    """CutMix with lambda ~ Beta(1, 1) and a random partner permutation; returns mixed x, partner y, lambda."""
+    n, _, h, w = x.shape
+    lam = float(torch.rand((), generator=generator))
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * cut), int(w * cut)
+    cy, cx = int(torch.randint(h, (), generator=generator)), int(torch.randint(w, (), generator=generator))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+    lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    return x, y[perm], lam

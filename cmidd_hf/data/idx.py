@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
+from .errors import DataError
 
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
