@@ -10,16 +10,14 @@ from .data.augment import DiffAugment, DSAConstants
 from .data.errors import DataError
 from .data.loading import ImageClassificationData, RealImageStore, load_image_classification
 from .engine.parametrization import CondensedSet, MultiFormationParametrization, Parametrization, PixelParametrization
-from .evaluation import (
-    PROTOCOLS,
-    EvalProtocol,
+from .evaluation.evaluate import (
     EvaluationResult,
     evaluate_architectures,
     evaluate_random_subset,
     evaluate_synthetic,
     evaluate_whole_dataset,
-    get_protocol,
 )
+from .evaluation.protocols import PROTOCOLS, EvalProtocol, get_protocol
 from .hub import SyntheticSet, load_condensed, load_synthetic
 from .interop import export_set, load_imagefolder, load_pt
 from .methods import METHODS, DistillationMethod, get_method, match_distance

@@ -29,7 +29,8 @@ import torch.nn as nn
 from timm.models import save_for_hf
 
 from .data.loading import ImageClassificationData
-from .evaluation import EpochStats, EvalProtocol, NetworkTrainer, _StoreSet
+from .evaluation.protocols import EvalProtocol
+from .evaluation.trainer import EpochStats, NetworkTrainer, StoreSet
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def train_proxy(
                 logger.info("proxy %d epoch %d/%d: train loss %.4f, train accuracy %.2f %%", index,
                             stats.epoch, spec.epochs, stats.loss, 100 * stats.accuracy)
 
-        trainer.train(_StoreSet(data.train, None, trainer.device), spec.seed + index, progress=report)
+        trainer.train(StoreSet(data.train, None, trainer.device), spec.seed + index, progress=report)
     accuracy = trainer.accuracy(data.test) if data.test is not None else None
     model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()
     return model, accuracy

@@ -18,7 +18,7 @@ from typing import ClassVar
 from .config import parse_args
 from .engine.errors import ConfigError
 from .engine.precision import PRECISIONS
-from .evaluation import PROTOCOLS
+from .evaluation.protocols import PROTOCOLS
 from .methods import METHODS, MethodConfig, MethodConfigError, get_method
 
 

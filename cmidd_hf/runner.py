@@ -21,7 +21,7 @@ from .data.loading import ImageClassificationData, load_image_classification
 from .engine.distill import Distiller, check_compatible, find_checkpoint
 from .engine.errors import ConfigError
 from .engine.run_folder import STATE_FILE, RunFolder
-from .evaluation import EvaluationResult, evaluate_random_subset, evaluate_synthetic
+from .evaluation.evaluate import EvaluationResult, evaluate_random_subset, evaluate_synthetic
 from .hub import SyntheticSet
 from .methods import DistillationMethod, MethodConfigError, MethodContext, get_method
 from .outputs import plot_curves

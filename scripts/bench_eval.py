@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from cmidd_hf.data.augment import DiffAugment, default_augmentation
 from cmidd_hf.data.loading import RealImageStore, load_image_classification
 from cmidd_hf.engine.precision import PRECISIONS, resolve_precision
-from cmidd_hf.evaluation import NetworkTrainer, _TensorSet, get_protocol
+from cmidd_hf.evaluation.protocols import get_protocol
+from cmidd_hf.evaluation.trainer import NetworkTrainer, TensorSet
 from cmidd_hf.models import build_network
 
 
@@ -62,7 +63,7 @@ def plain_eager_run(images, labels, test_u8, test_labels, store, protocol, seed)
 
 def fast_run(images, labels, store, protocol, seed, precision) -> float:
     trainer = NetworkTrainer("convnet3", 10, tuple(images.shape[1:]), protocol, "cpu", precision, compile=True)
-    trainer.train(_TensorSet(images, labels, "cpu"), seed)
+    trainer.train(TensorSet(images, labels, "cpu"), seed)
     return trainer.accuracy(store)
 
 
@@ -106,7 +107,7 @@ def main() -> None:
             x, y = data.train.images(pos), data.train.labels[pos]
             fast_acc.append(fast_run(x, y, data.test, protocol, seed=run, precision=precision))
             trainer = NetworkTrainer("convnet3", 10, data.image_shape, protocol, "cpu", "fp32", compile=False)
-            trainer.train(_TensorSet(x, y, "cpu"), run)
+            trainer.train(TensorSet(x, y, "cpu"), run)
             plain_acc.append(trainer.accuracy(data.test))
         for name, acc in ((f"{precision}+compile", fast_acc), ("fp32 eager", plain_acc)):
             print(f"  mnist-5k random IPC 10, {args.accuracy_epochs} epochs, {name:12s}: "

@@ -12,7 +12,7 @@ import json
 
 from cmidd_hf import evaluate_random_subset, evaluate_whole_dataset, load_image_classification
 from cmidd_hf.data.augment import default_augmentation
-from cmidd_hf.evaluation import PROTOCOLS
+from cmidd_hf.evaluation.protocols import PROTOCOLS
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.precision import PRECISIONS
-from cmidd_hf.evaluation import PROTOCOLS
+from cmidd_hf.evaluation.protocols import PROTOCOLS
 from cmidd_hf.hub import SyntheticSet, load_synthetic
 from cmidd_hf.interop import load_imagefolder, load_pt
 from cmidd_hf.recipes import check_can_push

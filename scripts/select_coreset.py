@@ -20,7 +20,8 @@ from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.data.loading import load_image_classification
 from cmidd_hf.engine.precision import PRECISIONS
-from cmidd_hf.evaluation import PROTOCOLS, evaluate_synthetic
+from cmidd_hf.evaluation.evaluate import evaluate_synthetic
+from cmidd_hf.evaluation.protocols import PROTOCOLS
 from cmidd_hf.hub import SyntheticSet
 from cmidd_hf.proxies import ProxyError, ProxyPool
 

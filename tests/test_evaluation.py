@@ -65,11 +65,11 @@ def test_shuffled_labels_do_not_generalize(mnist):
 
 
 def test_idc_protocol_uses_cutmix_and_learns(mnist, monkeypatch):
-    import cmidd_hf.evaluation as evaluation
+    import cmidd_hf.evaluation.trainer as trainer
 
     calls = []
-    real_cutmix = evaluation.cutmix
-    monkeypatch.setattr(evaluation, "cutmix", lambda *a: calls.append(1) or real_cutmix(*a))
+    real_cutmix = trainer.cutmix
+    monkeypatch.setattr(trainer, "cutmix", lambda *a: calls.append(1) or real_cutmix(*a))
     images, labels = subset(mnist, 5)
     result = evaluate_synthetic(images, labels, mnist.test, protocol="idc", runs=1, epochs=12, **FAST)
     assert result.protocol == "idc" and result.protocol_config["cutmix_prob"] == 0.5
@@ -127,14 +127,15 @@ def test_epoch_stats_are_the_loss_and_accuracy_over_the_training_set(mnist):
     the whole training set, averaged per image (300 images in batches of 96: a per-batch mean would differ)."""
     import torch.nn.functional as F
 
-    from cmidd_hf.evaluation import EvalProtocol, NetworkTrainer, _StoreSet
+    from cmidd_hf.evaluation.protocols import EvalProtocol
+    from cmidd_hf.evaluation.trainer import NetworkTrainer, StoreSet
 
     frozen = EvalProtocol("frozen", epochs=2, lr=0.0, momentum=0.0, weight_decay=0.0, batch_size=96, milestones=(),
                           augmentation=None)
     trainer = NetworkTrainer("convnet3", 10, mnist.train.image_shape, frozen, "cpu", precision="fp32")
     positions = torch.arange(300)
     stats = []
-    trainer.train(_StoreSet(mnist.train, positions, "cpu"), seed=3, progress=stats.append)
+    trainer.train(StoreSet(mnist.train, positions, "cpu"), seed=3, progress=stats.append)
     with torch.no_grad():
         logits = trainer.model(mnist.train.images(positions)).float()
     labels = mnist.train.labels[positions]

@@ -8,7 +8,8 @@ import torch
 from cmidd_hf import evaluate_synthetic, load_image_classification
 from cmidd_hf.engine import precision as precision_module
 from cmidd_hf.engine.precision import autocast, has_native_bf16, resolve_precision
-from cmidd_hf.evaluation import NetworkTrainer, get_protocol
+from cmidd_hf.evaluation.protocols import get_protocol
+from cmidd_hf.evaluation.trainer import NetworkTrainer
 from cmidd_hf.methods import DC, DCConfig, DistributionMatching, DMConfig, MethodContext
 
 

@@ -88,7 +88,7 @@ def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(tmp_pa
 
 
 def test_gain_line_compares_against_the_noise_of_both():
-    from cmidd_hf.evaluation import EvaluationResult
+    from cmidd_hf.evaluation.evaluate import EvaluationResult
     from cmidd_hf.runner import gain_line
 
     def result(*accuracies):
