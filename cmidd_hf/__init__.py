@@ -5,7 +5,7 @@ Importing the package registers its architectures with timm (``convnet3``, ``res
 
 from __future__ import annotations
 
-from .cmi import CMIRegularizer, class_aware_cmi, class_centroids, dataset_cmi
+from .cmi.class_aware import CMIRegularizer, class_aware_cmi, class_centroids, dataset_cmi
 from .data.augment import DiffAugment, DSAConstants
 from .data.errors import DataError
 from .data.loading import ImageClassificationData, RealImageStore, load_image_classification

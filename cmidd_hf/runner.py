@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 
 from . import __version__
-from .cmi import CMIRegularizer, dataset_cmi
+from .cmi.class_aware import CMIRegularizer, dataset_cmi
 from .config import to_yaml
 from .data.augment import default_augmentation
 from .data.loading import ImageClassificationData, load_image_classification

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from cmidd_hf import CMIRegularizer, build_network, evaluate_synthetic, load_image_classification
-from cmidd_hf.cmi import class_aware_cmi
+from cmidd_hf.cmi.class_aware import class_aware_cmi
 from cmidd_hf.engine.distill import Distiller
 from cmidd_hf.engine.optim import ClassSequentialSGD
 from cmidd_hf.engine.parametrization import (

@@ -118,7 +118,7 @@ class Distiller:
         accelerator: the run's Accelerator.
         method: the base method (its hooks are described in :mod:`cmidd_hf.engine.method`).
         synthetic: the initial parametrization (identical on every process).
-        regularizer: e.g. :class:`cmidd_hf.cmi.CMIRegularizer`, or None for the base method alone.
+        regularizer: e.g. :class:`cmidd_hf.cmi.class_aware.CMIRegularizer`, or None for the base method alone.
         fingerprint: identity of the run (dataset, ipc, image size, method, ...), checked on resume.
         evaluate: called on the main process with (images, labels, step) of the decoded set every
             ``eval_every`` iterations (and at 0 if ``evaluate_at_start``) and after each iteration listed in

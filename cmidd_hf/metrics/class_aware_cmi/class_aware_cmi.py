@@ -55,7 +55,7 @@ class ClassAwareCMI(evaluate.Metric):
         )
 
     def _compute(self, images, labels, proxy=None, space="feature", num_classes=None, batch_size=500):
-        from cmidd_hf.cmi import dataset_cmi
+        from cmidd_hf.cmi.class_aware import dataset_cmi
         from cmidd_hf.proxies import ProxyPool
 
         if proxy is None:

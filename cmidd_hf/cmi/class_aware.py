@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .engine.precision import autocast, check_precision, resolve_precision
-from .engine.seeding import generator
+from ..engine.precision import autocast, check_precision, resolve_precision
+from ..engine.seeding import generator
 
 Reduction = Literal["mean", "sum", "per_class"]
 
