@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import cmidd_hf
-from cmidd_hf.coreset import CORESET_METHODS, select_coreset
 from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.data.loading import load_image_classification
@@ -23,6 +22,7 @@ from cmidd_hf.engine.precision import PRECISIONS
 from cmidd_hf.evaluation.evaluate import evaluate_synthetic
 from cmidd_hf.evaluation.protocols import PROTOCOLS
 from cmidd_hf.hub import SyntheticSet
+from cmidd_hf.methods.coreset import CORESET_METHODS, select_coreset
 from cmidd_hf.proxies import ProxyError, ProxyPool
 
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from cmidd_hf import load_image_classification, load_synthetic
-from cmidd_hf.coreset import forgetting_counts, herding, k_center, select_coreset
+from cmidd_hf.methods.coreset import forgetting_counts, herding, k_center, select_coreset
 
 ROOT = Path(__file__).resolve().parents[1]
 

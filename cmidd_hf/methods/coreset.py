@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.loading import RealImageStore
-from .engine.precision import autocast, resolve_precision
-from .engine.seeding import generator
-from .models import build_network, embed
+from ..data.loading import RealImageStore
+from ..engine.precision import autocast, resolve_precision
+from ..engine.seeding import generator
+from ..models import build_network, embed
 
 CORESET_METHODS = ("random", "herding", "k-center", "forgetting")
 
