@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 
 from . import __version__
+from .artifacts.proxies import ProxyPool
 from .cmi.class_aware import CMIRegularizer, dataset_cmi
 from .config import to_yaml
 from .data.augment import default_augmentation
@@ -25,7 +26,6 @@ from .evaluation.evaluate import EvaluationResult, evaluate_random_subset, evalu
 from .hub import SyntheticSet
 from .methods import DistillationMethod, MethodConfigError, MethodContext, get_method
 from .outputs import plot_curves
-from .proxies import ProxyPool
 from .recipes import DistillRecipe, parse_recipe, validate
 
 logger = logging.getLogger(__name__)
@@ -223,9 +223,9 @@ def main_entry(argv, default_config: str | Path | None, method: str = "dm") -> i
     interruption -> 130."""
     import sys
 
+    from .artifacts.proxies import ProxyError
     from .data.errors import DataError
     from .engine.distill import NonFiniteLossError, ResumeError
-    from .proxies import ProxyError
 
     configure_logging()
     try:

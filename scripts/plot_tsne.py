@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from cmidd_hf import load_image_classification
+from cmidd_hf.artifacts.proxies import ProxyError, ProxyPool
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.seeding import generator
 from cmidd_hf.hub import load_synthetic
 from cmidd_hf.outputs import plot_tsne
-from cmidd_hf.proxies import ProxyError, ProxyPool
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import cmidd_hf
+from cmidd_hf.artifacts.proxies import ProxyError, ProxyPool
 from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.data.loading import load_image_classification
@@ -23,7 +24,6 @@ from cmidd_hf.evaluation.evaluate import evaluate_synthetic
 from cmidd_hf.evaluation.protocols import PROTOCOLS
 from cmidd_hf.hub import SyntheticSet
 from cmidd_hf.methods.coreset import CORESET_METHODS, select_coreset
-from cmidd_hf.proxies import ProxyError, ProxyPool
 
 
 def main(argv=None) -> int:

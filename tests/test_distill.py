@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(mnist, tmp
 
 
 def test_cmi_regularizer_lowers_the_set_cmi(mnist, tmp_path):
-    from cmidd_hf.proxies import ProxyPool, ProxyTrainingSpec, train_proxy
+    from cmidd_hf.artifacts.proxies import ProxyPool, ProxyTrainingSpec, train_proxy
 
     proxy, accuracy = train_proxy(ProxyTrainingSpec(arch="convnet3", count=1, epochs=1, batch_size=512), mnist, 0,
                                   progress=False)

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from cmidd_hf import build_network, load_image_classification
-from cmidd_hf.proxies import (
+from cmidd_hf.artifacts.proxies import (
     ProxyError,
     ProxyPool,
     ProxyTrainingSpec,

@@ -59,9 +59,9 @@ def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(tmp_pa
     """The quickstart's shipped default (no --config; compiled, its own proxy spec) shortened: it evaluates
     the random real subset too, prints the gain against it, and the set's CMI before and after; the initial
     CMI is that of the initial set, recomputed here from the cached proxies."""
+    from cmidd_hf.artifacts.proxies import ProxyPool
     from cmidd_hf.cmi.class_aware import dataset_cmi
     from cmidd_hf.data.loading import load_image_classification
-    from cmidd_hf.proxies import ProxyPool
     from cmidd_hf.runner import build_method
 
     default = ROOT / "recipes" / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"

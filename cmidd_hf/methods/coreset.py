@@ -10,7 +10,7 @@
   forgotten) and keep the ``ipc`` images of each class forgotten least often (ties broken by a seeded draw).
 
 Herding and k-center work in the penultimate-feature space of a *trained* network (a proxy, see
-:mod:`cmidd_hf.proxies`): a random network's features mostly encode brightness and texture, while both
+:mod:`cmidd_hf.artifacts.proxies`): a random network's features mostly encode brightness and texture, while both
 methods are meant to cover the class's semantic distribution, as in the DC benchmark, which uses a trained
 ConvNet.
 """

@@ -55,8 +55,8 @@ class ClassAwareCMI(evaluate.Metric):
         )
 
     def _compute(self, images, labels, proxy=None, space="feature", num_classes=None, batch_size=500):
+        from cmidd_hf.artifacts.proxies import ProxyPool
         from cmidd_hf.cmi.class_aware import dataset_cmi
-        from cmidd_hf.proxies import ProxyPool
 
         if proxy is None:
             raise ValueError("class_aware_cmi needs proxy=<nn.Module, spec string or list of them>")

@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 from timm.models import save_for_hf
 
-from .data.loading import ImageClassificationData
-from .evaluation.protocols import EvalProtocol
-from .evaluation.trainer import EpochStats, NetworkTrainer, StoreSet
+from ..data.loading import ImageClassificationData
+from ..evaluation.protocols import EvalProtocol
+from ..evaluation.trainer import EpochStats, NetworkTrainer, StoreSet
 
 logger = logging.getLogger(__name__)
 
