@@ -18,8 +18,8 @@ from .evaluation.evaluate import (
     evaluate_whole_dataset,
 )
 from .evaluation.protocols import PROTOCOLS, EvalProtocol, get_protocol
-from .hub import SyntheticSet, load_condensed, load_synthetic
-from .interop import export_set, load_imagefolder, load_pt
+from .hub.interop import export_set, load_imagefolder, load_pt
+from .hub.synthetic_set import SyntheticSet, load_condensed, load_synthetic
 from .methods import METHODS, DistillationMethod, get_method, match_distance
 from .metrics import CLASS_AWARE_CMI
 from .models import REGISTERED_ARCHITECTURES, build_network, create_model, embed

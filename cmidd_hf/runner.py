@@ -23,9 +23,9 @@ from .engine.distill import Distiller, check_compatible, find_checkpoint
 from .engine.errors import ConfigError
 from .engine.run_folder import STATE_FILE, RunFolder
 from .evaluation.evaluate import EvaluationResult, evaluate_random_subset, evaluate_synthetic
-from .hub import SyntheticSet
+from .hub.figures import plot_curves
+from .hub.synthetic_set import SyntheticSet
 from .methods import DistillationMethod, MethodConfigError, MethodContext, get_method
-from .outputs import plot_curves
 from .recipes import DistillRecipe, parse_recipe, validate
 
 logger = logging.getLogger(__name__)

@@ -123,7 +123,7 @@ def read_result(folder: Path) -> dict:
     """Final accuracy (and, for distillation, the one-network accuracy after 1/10 and 1/5 of the iterations)."""
     if (folder / "whole.json").exists():
         return {"accuracy": json.loads((folder / "whole.json").read_text())["mean"]}
-    from cmidd_hf.hub import load_synthetic
+    from cmidd_hf.hub.synthetic_set import load_synthetic
 
     if (folder / "set").exists():
         synthetic = load_synthetic(folder / "set")

@@ -30,8 +30,8 @@ from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.precision import PRECISIONS
 from cmidd_hf.evaluation.protocols import PROTOCOLS
-from cmidd_hf.hub import SyntheticSet, load_synthetic
-from cmidd_hf.interop import load_imagefolder, load_pt
+from cmidd_hf.hub.interop import load_imagefolder, load_pt
+from cmidd_hf.hub.synthetic_set import SyntheticSet, load_synthetic
 from cmidd_hf.recipes import check_can_push
 
 

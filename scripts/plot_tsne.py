@@ -20,8 +20,8 @@ from cmidd_hf import load_image_classification
 from cmidd_hf.artifacts.proxies import ProxyError, ProxyPool
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.seeding import generator
-from cmidd_hf.hub import load_synthetic
-from cmidd_hf.outputs import plot_tsne
+from cmidd_hf.hub.figures import plot_tsne
+from cmidd_hf.hub.synthetic_set import load_synthetic
 
 
 def main(argv: list[str] | None = None) -> int:

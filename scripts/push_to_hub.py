@@ -20,7 +20,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.run_folder import RunFolder
-from cmidd_hf.hub import load_synthetic
+from cmidd_hf.hub.synthetic_set import load_synthetic
 from cmidd_hf.recipes import check_can_push
 
 

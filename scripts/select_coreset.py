@@ -22,7 +22,7 @@ from cmidd_hf.data.loading import load_image_classification
 from cmidd_hf.engine.precision import PRECISIONS
 from cmidd_hf.evaluation.evaluate import evaluate_synthetic
 from cmidd_hf.evaluation.protocols import PROTOCOLS
-from cmidd_hf.hub import SyntheticSet
+from cmidd_hf.hub.synthetic_set import SyntheticSet
 from cmidd_hf.methods.coreset import CORESET_METHODS, select_coreset
 
 

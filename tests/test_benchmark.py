@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cmidd_hf import build_network, load_image_classification
-from cmidd_hf.outputs import plot_tsne
+from cmidd_hf.hub.figures import plot_tsne
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny_dm_cmi.yaml"

@@ -11,7 +11,7 @@ from huggingface_hub import DatasetCard
 
 from cmidd_hf import SyntheticSet, export_set, load_imagefolder, load_pt, load_synthetic
 from cmidd_hf.data.errors import DataError
-from cmidd_hf.outputs import to_uint8_images
+from cmidd_hf.hub.figures import to_uint8_images
 
 NAMES = [str(d) for d in range(10)]
 MEAN, STD = (0.1307,), (0.3081,)

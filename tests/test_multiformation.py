@@ -25,8 +25,8 @@ from cmidd_hf.engine.parametrization import (
     tile_mosaic,
 )
 from cmidd_hf.engine.seeding import generator
-from cmidd_hf.hub import load_condensed, load_synthetic
-from cmidd_hf.interop import export_set, load_pt
+from cmidd_hf.hub.interop import export_set, load_pt
+from cmidd_hf.hub.synthetic_set import load_condensed, load_synthetic
 from cmidd_hf.methods import IDC, IDM, IDCConfig, IDMConfig, MethodContext
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
 from cmidd_hf.engine.errors import ConfigError
-from cmidd_hf.hub import load_synthetic
+from cmidd_hf.hub.synthetic_set import load_synthetic
 from cmidd_hf.recipes import parse_recipe
 from cmidd_hf.runner import main_entry
 

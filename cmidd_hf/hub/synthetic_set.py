@@ -22,13 +22,13 @@ from datasets import Array3D, ClassLabel, Dataset, Features, Image, load_dataset
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
+from ..data.errors import DataError
+from ..data.hub_layout import write_hub_dataset
+from ..data.loading import find_columns, known_stats
+from ..engine.parametrization import CondensedSet
+from ..engine.run_folder import CONDENSED, GRID
 from .card import asset_prefix, build_card_data, plain, render_card
-from .data.errors import DataError
-from .data.hub_layout import write_hub_dataset
-from .data.loading import find_columns, known_stats
-from .engine.parametrization import CondensedSet
-from .engine.run_folder import CONDENSED, GRID
-from .outputs import save_grid, to_uint8_images
+from .figures import save_grid, to_uint8_images
 
 
 @dataclass

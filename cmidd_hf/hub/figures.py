@@ -113,7 +113,7 @@ def plot_tsne(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], real: tuple[
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    from .cmi.class_aware import class_aware_cmi
+    from ..cmi.class_aware import class_aware_cmi
 
     real_images, real_labels = real
     real_features = proxy_features(proxy, real_images)

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.errors import DataError
-from .data.hub_layout import replace_dir
-from .engine.parametrization import CondensedSet
-from .hub import SyntheticSet
-from .outputs import to_uint8_images
+from ..data.errors import DataError
+from ..data.hub_layout import replace_dir
+from ..engine.parametrization import CondensedSet
+from .figures import to_uint8_images
+from .synthetic_set import SyntheticSet
 
 
 def _normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from .data.loading import canonical_dataset
-from .engine.run_folder import GRID
+from ..data.loading import canonical_dataset
+from ..engine.run_folder import GRID
 
 BIBTEX = {
     "cmidd": """@inproceedings{cmidd2025,
