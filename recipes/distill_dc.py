@@ -4,13 +4,13 @@
     accelerate launch recipes/distill_dc.py --config recipes/configs/dc_cmi/cifar10_ipc10.yaml
     accelerate launch recipes/distill_dc.py --config ... --ipc 50 --cmi_weight 10000
 
-Arguments: ``python recipes/distill_dc.py --help`` (cmidd_hf.recipes and cmidd_hf.methods.DCConfig).
+Arguments: ``python recipes/distill_dc.py --help`` (cmidd_hf.cli.arguments and cmidd_hf.methods.DCConfig).
 """
 
 import sys
 from pathlib import Path
 
-from cmidd_hf.runner import main_entry
+from cmidd_hf.cli.runner import main_entry
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "dc_cmi" / "mnist-5k_ipc10.yaml"
 

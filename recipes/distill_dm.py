@@ -4,13 +4,13 @@
     accelerate launch recipes/distill_dm.py --config recipes/configs/dm_cmi/cifar10_ipc10.yaml
     accelerate launch recipes/distill_dm.py --config ... --ipc 50 --cmi_weight 2000   # CLI overrides YAML
 
-Arguments: ``python recipes/distill_dm.py --help`` (cmidd_hf.recipes and cmidd_hf.methods.DMConfig).
+Arguments: ``python recipes/distill_dm.py --help`` (cmidd_hf.cli.arguments and cmidd_hf.methods.DMConfig).
 """
 
 import sys
 from pathlib import Path
 
-from cmidd_hf.runner import main_entry
+from cmidd_hf.cli.runner import main_entry
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"
 

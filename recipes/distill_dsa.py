@@ -4,13 +4,13 @@
     accelerate launch recipes/distill_dsa.py --config recipes/configs/dsa_cmi/cifar10_ipc10.yaml
     accelerate launch recipes/distill_dsa.py --config ... --ipc 50 --cmi_weight 10000
 
-Arguments: ``python recipes/distill_dsa.py --help`` (cmidd_hf.recipes and cmidd_hf.methods.DSAConfig).
+Arguments: ``python recipes/distill_dsa.py --help`` (cmidd_hf.cli.arguments and cmidd_hf.methods.DSAConfig).
 """
 
 import sys
 from pathlib import Path
 
-from cmidd_hf.runner import main_entry
+from cmidd_hf.cli.runner import main_entry
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "dsa_cmi" / "mnist-5k_ipc10.yaml"
 

@@ -4,13 +4,13 @@
     accelerate launch recipes/distill_idc.py --config recipes/configs/idc_cmi/cifar10_ipc10.yaml
     accelerate launch recipes/distill_idc.py --config ... --ipc 50 --cmi_weight 50
 
-Arguments: ``python recipes/distill_idc.py --help`` (cmidd_hf.recipes and cmidd_hf.methods.IDCConfig).
+Arguments: ``python recipes/distill_idc.py --help`` (cmidd_hf.cli.arguments and cmidd_hf.methods.IDCConfig).
 """
 
 import sys
 from pathlib import Path
 
-from cmidd_hf.runner import main_entry
+from cmidd_hf.cli.runner import main_entry
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "idc_cmi" / "mnist-5k_ipc10.yaml"
 

@@ -16,8 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cmidd_hf.recipes import parse_recipe
-from cmidd_hf.runner import run_distillation
+from cmidd_hf.cli.arguments import parse_recipe
+from cmidd_hf.cli.runner import run_distillation
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"
 

@@ -25,6 +25,7 @@ import timm
 from huggingface_hub.errors import HfHubHTTPError
 
 from cmidd_hf import evaluate_random_subset, evaluate_synthetic, load_image_classification
+from cmidd_hf.cli.arguments import check_can_push
 from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.errors import ConfigError
@@ -32,7 +33,6 @@ from cmidd_hf.engine.precision import PRECISIONS
 from cmidd_hf.evaluation.protocols import PROTOCOLS
 from cmidd_hf.hub.interop import load_imagefolder, load_pt
 from cmidd_hf.hub.synthetic_set import SyntheticSet, load_synthetic
-from cmidd_hf.recipes import check_can_push
 
 
 def source_kind(source: str) -> str:

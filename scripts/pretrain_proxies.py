@@ -20,10 +20,10 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cmidd_hf.artifacts.proxies import ProxyTrainingSpec, push_proxy, save_proxy, train_proxy
+from cmidd_hf.cli.arguments import check_can_push
+from cmidd_hf.cli.runner import configure_logging
 from cmidd_hf.data.loading import load_image_classification
 from cmidd_hf.engine.errors import ConfigError
-from cmidd_hf.recipes import check_can_push
-from cmidd_hf.runner import configure_logging
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from huggingface_hub.errors import HfHubHTTPError
 
+from cmidd_hf.cli.arguments import check_can_push
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.run_folder import RunFolder
 from cmidd_hf.hub.synthetic_set import load_synthetic
-from cmidd_hf.recipes import check_can_push
 
 
 def main(argv: list[str] | None = None) -> int:

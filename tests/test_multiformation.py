@@ -364,7 +364,7 @@ def test_short_run_beats_its_initial_set(mnist, tmp_path, name):
 
 @pytest.fixture(scope="module")
 def idc_run(tmp_path_factory):
-    from cmidd_hf.runner import main_entry
+    from cmidd_hf.cli.runner import main_entry
 
     tmp_path = tmp_path_factory.mktemp("idc")
     argv = ["--config", str(ROOT / "tests" / "fixtures" / "tiny_idc_cmi.yaml"), "--output_dir",

@@ -10,10 +10,10 @@ import yaml
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
+from cmidd_hf.cli.arguments import parse_recipe
+from cmidd_hf.cli.runner import main_entry
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.hub.synthetic_set import load_synthetic
-from cmidd_hf.recipes import parse_recipe
-from cmidd_hf.runner import main_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny_dm_cmi.yaml"
@@ -60,9 +60,9 @@ def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(tmp_pa
     the random real subset too, prints the gain against it, and the set's CMI before and after; the initial
     CMI is that of the initial set, recomputed here from the cached proxies."""
     from cmidd_hf.artifacts.proxies import ProxyPool
+    from cmidd_hf.cli.runner import build_method
     from cmidd_hf.cmi.class_aware import dataset_cmi
     from cmidd_hf.data.loading import load_image_classification
-    from cmidd_hf.runner import build_method
 
     default = ROOT / "recipes" / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"
     args = ["--output_dir", str(tmp_path / "out"), "--proxy_cache_dir", str(tmp_path / "cache"),
@@ -88,8 +88,8 @@ def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(tmp_pa
 
 
 def test_gain_line_compares_against_the_noise_of_both():
+    from cmidd_hf.cli.runner import gain_line
     from cmidd_hf.evaluation.evaluate import EvaluationResult
-    from cmidd_hf.runner import gain_line
 
     def result(*accuracies):
         return EvaluationResult("convnet3", "dsa", 50, list(accuracies), list(range(len(accuracies))), 100)
@@ -145,7 +145,7 @@ def test_config_defaults_cli_overrides_and_unknown_keys(tmp_path):
 @pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*/*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_parses_and_validates(config, tmp_path):
-    from cmidd_hf.recipes import validate
+    from cmidd_hf.cli.arguments import validate
 
     method = config.parent.name.removesuffix("_cmi")
     recipe = parse_recipe(["--config", str(config), "--output_dir", str(tmp_path / "out")], method)
@@ -264,7 +264,7 @@ def test_evaluate_script_imports_pt_and_refuses_unclear_input(tmp_path, capsys):
 def test_push_is_checked_before_any_work(monkeypatch):
     from huggingface_hub import constants
 
-    from cmidd_hf.recipes import check_can_push
+    from cmidd_hf.cli.arguments import check_can_push
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set"):

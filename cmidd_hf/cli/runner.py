@@ -13,20 +13,20 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 
-from . import __version__
-from .artifacts.proxies import ProxyPool
-from .cmi.class_aware import CMIRegularizer, dataset_cmi
+from .. import __version__
+from ..artifacts.proxies import ProxyPool
+from ..cmi.class_aware import CMIRegularizer, dataset_cmi
+from ..data.augment import default_augmentation
+from ..data.loading import ImageClassificationData, load_image_classification
+from ..engine.distill import Distiller, check_compatible, find_checkpoint
+from ..engine.errors import ConfigError
+from ..engine.run_folder import STATE_FILE, RunFolder
+from ..evaluation.evaluate import EvaluationResult, evaluate_random_subset, evaluate_synthetic
+from ..hub.figures import plot_curves
+from ..hub.synthetic_set import SyntheticSet
+from ..methods import DistillationMethod, MethodConfigError, MethodContext, get_method
+from .arguments import DistillRecipe, parse_recipe, validate
 from .config import to_yaml
-from .data.augment import default_augmentation
-from .data.loading import ImageClassificationData, load_image_classification
-from .engine.distill import Distiller, check_compatible, find_checkpoint
-from .engine.errors import ConfigError
-from .engine.run_folder import STATE_FILE, RunFolder
-from .evaluation.evaluate import EvaluationResult, evaluate_random_subset, evaluate_synthetic
-from .hub.figures import plot_curves
-from .hub.synthetic_set import SyntheticSet
-from .methods import DistillationMethod, MethodConfigError, MethodContext, get_method
-from .recipes import DistillRecipe, parse_recipe, validate
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +223,9 @@ def main_entry(argv, default_config: str | Path | None, method: str = "dm") -> i
     interruption -> 130."""
     import sys
 
-    from .artifacts.proxies import ProxyError
-    from .data.errors import DataError
-    from .engine.distill import NonFiniteLossError, ResumeError
+    from ..artifacts.proxies import ProxyError
+    from ..data.errors import DataError
+    from ..engine.distill import NonFiniteLossError, ResumeError
 
     configure_logging()
     try:

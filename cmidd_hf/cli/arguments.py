@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from ..engine.errors import ConfigError
+from ..engine.precision import PRECISIONS
+from ..evaluation.protocols import PROTOCOLS
+from ..methods import METHODS, MethodConfig, MethodConfigError, get_method
 from .config import parse_args
-from .engine.errors import ConfigError
-from .engine.precision import PRECISIONS
-from .evaluation.protocols import PROTOCOLS
-from .methods import METHODS, MethodConfig, MethodConfigError, get_method
 
 
 @dataclass
@@ -219,7 +219,7 @@ def validate(recipe: DistillRecipe) -> None:
                               f"pip install 'cmidd-hf[{run.report_to}]' or use report_to=none")
     if recipe.hub.push_to_hub is not None:
         check_can_push(recipe.hub.push_to_hub)
-    from .hub.synthetic_set import check_config_name
+    from ..hub.synthetic_set import check_config_name
 
     try:
         check_config_name(recipe.hub.hub_config, field="hub_config")
@@ -234,7 +234,7 @@ def check_can_push(repo_id: str) -> None:
     """Fail before distilling if the result could not be pushed: bad repo id, offline mode, or no token."""
     from huggingface_hub import constants, get_token
 
-    from .hub.synthetic_set import check_repo_id
+    from ..hub.synthetic_set import check_repo_id
 
     try:
         check_repo_id(repo_id, field="push_to_hub")

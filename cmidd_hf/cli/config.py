@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from .engine.errors import ConfigError
+from ..engine.errors import ConfigError
 
 
 def parse_args(
