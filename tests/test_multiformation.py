@@ -75,7 +75,7 @@ def test_decode_is_crop_major_over_several_images_and_factor_one_is_identity():
     assert decode_mosaic(stored, 1) is stored
 
 
-def test_tiled_constant_images_decode_back_exactly_also_for_odd_sizes():
+def test_init_mix_tiles_unequal_parts_for_odd_sizes():
     assert split_sizes(5, 2) == [3, 2] and split_sizes(28, 3) == [10, 9, 9]
     values = torch.tensor([0.1, 0.4, 0.7, 0.9])
     images = values.view(4, 1, 1, 1).expand(4, 1, 5, 5).clone()
@@ -83,9 +83,26 @@ def test_tiled_constant_images_decode_back_exactly_also_for_odd_sizes():
     assert stored.shape == (1, 1, 5, 5)
     assert torch.equal(stored[0, 0, :3, :3], torch.full((3, 3), 0.1))
     assert torch.equal(stored[0, 0, 3:, 3:], torch.full((2, 2), 0.9))
-    assert torch.allclose(decode_mosaic(stored, 2).flatten(1).mean(1), values)
     with pytest.raises(ValueError, match="factor=6"):
         split_sizes(5, 6)
+
+
+@pytest.mark.parametrize("side", [28, 32])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_decode_pads_with_one_half_and_cuts_equal_crops_as_idc_decode_zoom(side, factor):
+    """The official decode_zoom: pad bottom/right with 0.5 to a multiple of the factor, cut factor² equal
+    crops of side ceil(side / factor), upsample each bilinearly; checked against a hand-written reference on a
+    mosaic whose every pixel is distinct."""
+    mosaic = np.arange(side * side, dtype=np.float64).reshape(side, side) / (side * side)
+    crop = -(-side // factor)
+    padded = np.full((crop * factor, crop * factor), 0.5)
+    padded[:side, :side] = mosaic
+    decoded = decode_mosaic(torch.tensor(mosaic, dtype=torch.float32).view(1, 1, side, side), factor)
+    assert decoded.shape == (factor * factor, 1, side, side)
+    for k in range(factor * factor):
+        i, j = divmod(k, factor)
+        reference = bilinear_reference(padded[i * crop:(i + 1) * crop, j * crop:(j + 1) * crop], side, side)
+        np.testing.assert_allclose(decoded[k, 0].numpy(), reference, atol=1e-5)
 
 
 def test_mix_initialization_tiles_seeded_real_draws(mnist):
@@ -221,11 +238,16 @@ def test_idc_iteration_clamps_and_redraws_the_network(mnist):
 
 
 def test_idc_lr_rule_and_refusals():
-    assert IDCConfig().resolved_lr_img(10, 32) == pytest.approx(5e-3)
-    assert IDCConfig().resolved_lr_img(50, 32) == pytest.approx(0.025)
-    assert IDCConfig(lr_img_base=1e-4).resolved_lr_img(10, 28) == pytest.approx(1e-4 * (28 / 32) ** 2)
-    assert IDCConfig(lr_img=0.3).resolved_lr_img(10, 32) == 0.3
-    for bad, message in [(dict(factor=0), "factor=0"), (dict(init="mix", factor=1), "init=mix needs factor"),
+    # IDC's argument.py::tune_lr_img with misc/reproduce.py's bases, by hand
+    assert IDCConfig().resolved_lr_img(10, 32, "uoft-cs/cifar10") == pytest.approx(5e-3)
+    assert IDCConfig().resolved_lr_img(50, 32, "svhn") == pytest.approx(0.025)
+    assert IDCConfig().resolved_lr_img(10, 28, "fashion-mnist") == pytest.approx(7.65625e-5)  # 1e-4 · (28/32)²
+    assert IDCConfig().resolved_lr_img(10, 28, "mnist-5k") == pytest.approx(1e-4)  # size base 28 for MNIST
+    assert IDCConfig().resolved_lr_img(50, 28, "mnist-5k") == pytest.approx(5e-4)
+    assert IDCConfig(lr_img_base=2e-4).resolved_lr_img(20, 28, "mnist") == pytest.approx(4e-4)
+    assert IDCConfig(lr_img=0.3).resolved_lr_img(10, 32, "cifar10") == 0.3
+    for bad, message in [(dict(lr_img=0.3, lr_img_base=1e-4), "set only one"), (dict(factor=0), "factor=0"),
+                         (dict(init="mix", factor=1), "init=mix needs factor"),
                          (dict(lr_img=-1.0), "lr_img=-1.0"), (dict(mix_p=2.0), "mix_p=2.0"),
                          (dict(match_augmentation="color_blur"), "match_augmentation")]:
         with pytest.raises(ValueError, match=message):

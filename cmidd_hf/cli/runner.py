@@ -70,7 +70,7 @@ def evaluate_across_processes(accelerator: Accelerator, evaluate, runs: int, see
 def build_method(recipe: DistillRecipe, data: ImageClassificationData, device: torch.device) -> DistillationMethod:
     context = MethodContext(real=data.train, ipc=recipe.synthetic.ipc, seed=recipe.run.seed, device=device,
                             precision=recipe.run.precision, compile=recipe.run.compile,
-                            augmentation=recipe.method.augmentation(data.name))
+                            augmentation=recipe.method.augmentation(data.name), dataset=data.name)
     try:
         return get_method(recipe.run.method)(recipe.method, context)
     except MethodConfigError as err:

@@ -95,6 +95,7 @@ class MethodContext:
     precision: str = "auto"
     compile: bool = False
     augmentation: str | None = None  # the resolved DSA strategy of the dataset (None: no augmentation)
+    dataset: str = ""  # the dataset's name or Hub id (dataset-dependent official settings, e.g. IDC's lr_img)
 
 
 class DistillationMethod:

@@ -98,7 +98,7 @@ class PixelParametrization(Parametrization):
 
 def split_sizes(length: int, factor: int) -> list[int]:
     """Lengths of ``factor`` consecutive parts of ``length`` pixels: the first ``length % factor`` parts are one
-    pixel longer (IDC's initialization layout; without a remainder every part has ``length // factor``)."""
+    pixel longer (IDC's ``init mix`` layout; without a remainder every part has ``length // factor``)."""
     if not 1 <= factor <= length:
         raise ValueError(f"factor={factor} must be between 1 and the image side {length}")
     base, extra = divmod(length, factor)
@@ -106,7 +106,7 @@ def split_sizes(length: int, factor: int) -> list[int]:
 
 
 def mosaic_boxes(height: int, width: int, factor: int) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) of the ``factor``² crops of a stored image, row-major (IDC's order)."""
+    """(top, left, height, width) of the ``factor``² tiles that ``init mix`` writes, row-major (IDC's order)."""
     boxes, top = [], 0
     for h in split_sizes(height, factor):
         left = 0
@@ -117,16 +117,26 @@ def mosaic_boxes(height: int, width: int, factor: int) -> list[tuple[int, int, i
     return boxes
 
 
+#: the value IDC's ``decode_zoom`` pads a stored image with when its side is not a multiple of the factor
+DECODE_PAD_VALUE = 0.5
+
+
 def decode_mosaic(stored: torch.Tensor, factor: int) -> torch.Tensor:
-    """Multi-formation decode (IDC ``decode_type single``): every stored image -> its ``factor``² crops, each
-    bilinearly upsampled to the full size. Output order is crop-major as in IDC: [crop 0 of every image,
-    crop 1 of every image, ...]. ``factor`` 1 is the identity."""
+    """Multi-formation decode, as IDC's ``decode_zoom`` (``decode_type single``): the stored image is padded
+    at the bottom and right with 0.5 up to a multiple of ``factor`` (28 px at factor 3 → 30), cut into
+    ``factor``² equal crops of side ceil(side / factor), and each crop is bilinearly upsampled to the stored
+    size. Output order is crop-major: [crop 0 of every image, crop 1 of every image, ...]. Factor 1 is the
+    identity. (The padded crops differ from the tiles ``init mix`` writes when the side is not a multiple of
+    the factor, as in the official code.)"""
     if factor == 1:
         return stored
     height, width = stored.shape[-2:]
-    crops = [F.interpolate(stored[:, :, top:top + h, left:left + w], size=(height, width), mode="bilinear",
-                           align_corners=False) for top, left, h, w in mosaic_boxes(height, width, factor)]
-    return torch.cat(crops)
+    split_sizes(min(height, width), factor)  # validates the factor
+    crop_h, crop_w = -(-height // factor), -(-width // factor)
+    padded = F.pad(stored, (0, crop_w * factor - width, 0, crop_h * factor - height), value=DECODE_PAD_VALUE)
+    crops = [padded[:, :, i * crop_h:(i + 1) * crop_h, j * crop_w:(j + 1) * crop_w]
+             for i in range(factor) for j in range(factor)]
+    return F.interpolate(torch.cat(crops), size=(height, width), mode="bilinear", align_corners=False)
 
 
 def tile_mosaic(images: torch.Tensor, factor: int, mode: str = "nearest") -> torch.Tensor:

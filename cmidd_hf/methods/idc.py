@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.augment import DiffAugment, apply, cutmix
+from ..data.loading import canonical_dataset
 from ..engine.method import (
     DistillationMethod,
     MethodConfig,
@@ -60,15 +61,18 @@ def subsample_rows(images: torch.Tensor, labels: torch.Tensor, limit: int,
 
 @dataclass
 class IDCConfig(MethodConfig):
-    """IDC settings (official ``--reproduce``: factor 2, lr_img 5e-3·(ipc/10)·(size/32)², momentum 0.5, real
-    batch 64, ≤128 decoded images per class, 100 inner steps, network SGD 0.01 / 0.9 / 5e-4, n_data 2000)."""
+    """IDC settings (official ``--reproduce``: factor 2, lr_img by IDC's rule (:meth:`resolved_lr_img`), momentum
+    0.5, real batch 64, ≤128 decoded images per class, 100 inner steps, network SGD 0.01 / 0.9 / 5e-4, n_data
+    2000)."""
 
     _argument_group_name: ClassVar[str] = "IDC"
 
-    lr_img: float | None = field(default=None, metadata={"help": "learning rate of the stored pixels "
-                                                                  "(default: lr_img_base * (ipc/10) * (size/32)^2)"})
-    lr_img_base: float = field(default=5e-3, metadata={"help": "IDC's base rate of the lr_img rule (official: 5e-3 "
-                                                               "CIFAR/SVHN, 1e-4 MNIST/Fashion-MNIST)"})
+    lr_img: float | None = field(default=None, metadata={
+        "help": "learning rate of the stored pixels, replacing IDC's rule (default: lr_img_base * (ipc/10) * "
+                "(size/size_base)^2, size_base 28 for MNIST and 32 otherwise, as IDC's tune_lr_img)"})
+    lr_img_base: float | None = field(default=None, metadata={
+        "help": "base rate of IDC's lr_img rule (default: the official 1e-4 for MNIST / Fashion-MNIST, 5e-3 "
+                "otherwise); cannot be combined with lr_img"})
     init: str = field(default="mix", metadata={"help": "mix: factor² real images per stored image (IDC); real: "
                                                        "one real image each; noise", "choices": ["mix", "real",
                                                                                                   "noise"]})
@@ -97,8 +101,12 @@ class IDCConfig(MethodConfig):
     def validate(self) -> None:
         if self.lr_img is not None and self.lr_img <= 0:
             raise MethodConfigError(f"lr_img={self.lr_img}: must be > 0 (or unset for the IDC rule)")
-        if self.lr_img_base <= 0:
-            raise MethodConfigError(f"lr_img_base={self.lr_img_base}: must be > 0")
+        if self.lr_img_base is not None and self.lr_img_base <= 0:
+            raise MethodConfigError(f"lr_img_base={self.lr_img_base}: must be > 0 (or unset for IDC's per-dataset "
+                                    "base)")
+        if self.lr_img is not None and self.lr_img_base is not None:
+            raise MethodConfigError(f"lr_img={self.lr_img} and lr_img_base={self.lr_img_base}: lr_img replaces IDC's "
+                                    "rule, so lr_img_base would be ignored; set only one of them")
         saved, self.lr_img = self.lr_img, 1.0 if self.lr_img is None else self.lr_img
         try:
             super().validate()
@@ -117,9 +125,18 @@ class IDCConfig(MethodConfig):
         check_strategy("match_augmentation", self.match_augmentation)
         check_strategy("net_augmentation", self.net_augmentation)
 
-    def resolved_lr_img(self, ipc: int, image_size: int) -> float:
-        """The explicit ``lr_img``, else IDC's rule ``lr_img_base`` · (ipc/10) · (size/32)²."""
-        return self.lr_img if self.lr_img is not None else self.lr_img_base * (ipc / 10) * (image_size / 32) ** 2
+    def resolved_lr_img(self, ipc: int, image_size: int, dataset: str) -> float:
+        """The explicit ``lr_img``, else IDC's rule (``argument.py::tune_lr_img`` with ``misc/reproduce.py``'s
+        bases): base · (ipc/10) · (size/size_base)², base 1e-4 for MNIST and Fashion-MNIST (5e-3 otherwise) and
+        size_base 28 for MNIST only (32 otherwise, Fashion-MNIST included): 1e-4 for MNIST and 7.66e-5 for
+        Fashion-MNIST at IPC 10, 5e-3 for CIFAR-10."""
+        if self.lr_img is not None:
+            return self.lr_img
+        kind = canonical_dataset(dataset)
+        base = self.lr_img_base if self.lr_img_base is not None else (
+            1e-4 if kind in ("mnist", "fashion_mnist") else 5e-3)
+        size_base = 28 if kind == "mnist" else 32
+        return base * (ipc / 10) * (image_size / size_base) ** 2
 
     def identity(self) -> dict:
         return {**super().identity(), "net_arch": self.net_arch, "factor": self.factor}
@@ -176,9 +193,14 @@ class IDC(DistillationMethod):
         return MultiFormationParametrization(pixels, real.num_classes, c.factor, real.mean.flatten().tolist(),
                                              real.std.flatten().tolist(), unit_pixels=True)
 
+    @property
+    def lr_img(self) -> float:
+        """The image learning rate of this run (the config's, else IDC's rule for this dataset, IPC and size)."""
+        return self.config.resolved_lr_img(self.context.ipc, self.real.image_shape[-1], self.context.dataset)
+
     def make_optimizer(self, synthetic: Parametrization):
         c = self.config
-        lr = c.resolved_lr_img(self.context.ipc, self.real.image_shape[-1])
+        lr = self.lr_img
         drift = synthetic.num_classes - 1 if c.per_class_steps else 0
         return ClassSequentialSGD(synthetic.parameters(), lr=lr, momentum=c.momentum_img, drift_steps=drift), None
 
@@ -259,7 +281,7 @@ class IDC(DistillationMethod):
 
     def describe(self) -> dict:
         return {**super().describe(),
-                "lr_img": self.config.resolved_lr_img(self.context.ipc, self.real.image_shape[-1])}
+                "lr_img": self.lr_img}
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "net_optimizer": self.net_optimizer.state_dict()}
