@@ -15,6 +15,13 @@ from huggingface_hub.errors import EntryNotFoundError
 FAKE_TOKEN = "hf_cmiddTestTokenThatMustNeverBeWritten"
 
 
+@pytest.fixture(scope="session")
+def proxy_cache(tmp_path_factory) -> Path:
+    """One proxy cache for every recipe run of the suite: each proxy spec (dataset, arch, count, epochs, ...) is
+    trained once per session, not once per test (the cache key keeps different specs apart)."""
+    return tmp_path_factory.mktemp("proxy-cache")
+
+
 class FakeHub:
     """Records ``create_repo``/``upload_folder`` calls and publishes each commit as a snapshot in a Hub cache.
 

@@ -236,28 +236,29 @@ def test_the_initial_set_is_evaluated_by_the_same_rule_as_every_iteration(mnist,
 # ------------------------------------------------------------------------------------------ the recipe
 
 
-FIXTURES = {"dm": TINY, **{m: ROOT / "tests" / "fixtures" / f"tiny_{m}_cmi.yaml" for m in ("dsa", "idc", "idm")}}
+FIXTURES = {"dm": TINY, **{m: ROOT / "tests" / "fixtures" / f"tiny_{m}_cmi.yaml" for m in ("dc", "dsa", "idc", "idm")}}
 
 
-def run_recipe(tmp_path, method, *extra, launcher=None, env=None):
+def run_recipe(tmp_path, proxy_cache, method, *extra, launcher=None, env=None):
     tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([*(launcher or [sys.executable]), str(ROOT / "recipes" / f"distill_{method}.py"),
                            "--config", str(FIXTURES[method]), "--output_dir", str(tmp_path / "out"),
-                           "--proxy_cache_dir", str(tmp_path.parent / "cache"), *extra],
+                           "--proxy_cache_dir", str(proxy_cache), *extra],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dm", "dsa", "idc", "idm"])
-def test_one_and_two_processes_give_the_same_synthetic_set(tmp_path, method):
+@pytest.mark.parametrize("method", ["dm", "dc", "dsa", "idc", "idm"])
+def test_one_and_two_processes_give_the_same_synthetic_set(proxy_cache, tmp_path, method):
     """Bit-identical sets (same threads per process, so the same kernels); final runs split over processes."""
     common = ("--run_name", "r", "--threads_per_process", "1")
-    single = run_recipe(tmp_path / "one", method, *common)
+    single = run_recipe(tmp_path / "one", proxy_cache, method, *common)
     assert single.returncode == 0, single.stderr[-3000:]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port", "29533"]
-    double = run_recipe(tmp_path / "two", method, *common, launcher=launcher, env={"ACCELERATE_USE_CPU": "1"})
+    double = run_recipe(tmp_path / "two", proxy_cache, method, *common, launcher=launcher,
+                        env={"ACCELERATE_USE_CPU": "1"})
     assert double.returncode == 0, double.stderr[-3000:]
     assert "accelerate: 2 process(es), MULTI_CPU" in double.stdout
     assert "accelerate: 1 process(es)" in single.stdout
@@ -267,12 +268,16 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tmp_path, method):
     assert torch.equal(one["label"][:], two["label"][:])
     losses = [[r["loss"] for r in records(tmp_path / n / "out" / "r") if "loss" in r] for n in ("one", "two")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # one float32 sum vs two partial sums
+    finals = []
     for n in ("one", "two"):
         meta = yaml.safe_load((tmp_path / n / "out" / "r" / "README.md").read_text().split("---")[1])
         block = meta["distillation"]["default"]
         (result,) = block["results"]
+        finals.append(result["accuracies"])
         assert block["method"] == method
-        assert block["method_config"]["lr_img"] == {"dm": 1.0, "dsa": 0.1, "idc": 0.01, "idm": 0.2}[method]
+        assert block["method_config"]["lr_img"] == {"dm": 1.0, "dc": 0.1, "dsa": 0.1, "idc": 0.01, "idm": 0.2}[method]
+        if method == "dc":
+            assert block["augmentation"] is None
         if method == "dsa":
             assert (block["method_config"]["outer_loop"], block["method_config"]["inner_loop"]) == (2, 2)
             assert block["augmentation"] == "color_crop_cutout_scale_rotate"  # digits: no flip
@@ -280,6 +285,7 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tmp_path, method):
             assert block["parametrization"]["factor"] == 2 and block["parametrization"]["decoded_per_class"] == 8
         runs = 1 if method == "dm" else 2
         assert result["seeds"] == list(range(runs)) and len(result["accuracies"]) == runs
+    assert finals[0] == finals[1]  # the same networks, trained by one process or split over two
 
 
 @pytest.mark.slow

@@ -128,9 +128,9 @@ def test_batch_norm_statistics_are_set_from_real_images_then_frozen(mnist):
     assert all(torch.equal(a, b) for a, b in zip(*stats, strict=True))
 
 
-def run_dsa(mnist, out, iterations=2, interrupt=None, seed_before=0):
+def run_gm(mnist, cls, out, iterations=2, interrupt=None, seed_before=0):
     torch.manual_seed(seed_before)  # the method's initial network comes from the global RNG
-    method = make(mnist, DSA, outer_loop=3, inner_loop=2)
+    method = make(mnist, cls, outer_loop=3, inner_loop=2)
     if interrupt is not None:
         losses = method.losses
 
@@ -141,18 +141,19 @@ def run_dsa(mnist, out, iterations=2, interrupt=None, seed_before=0):
 
         method.losses = wrapped
     synthetic = PixelParametrization.from_real(mnist.train, 2, seed=0)
-    return Distiller(Accelerator(cpu=True), method, synthetic, None, iterations, out, {"method": "dsa"},
+    return Distiller(Accelerator(cpu=True), method, synthetic, None, iterations, out, {"method": cls.name},
                      checkpoint_every=1, progress=False)
 
 
-def test_dsa_killed_inside_an_outer_loop_resumes_bit_identically(mnist, tmp_path):
-    straight = run_dsa(mnist, tmp_path / "a")
+@pytest.mark.parametrize("cls", [DC, DSA])
+def test_killed_inside_an_outer_loop_resumes_bit_identically(mnist, tmp_path, cls):
+    straight = run_gm(mnist, cls, tmp_path / "a")
     straight.run()
-    first = run_dsa(mnist, tmp_path / "b", interrupt=(1, 1))
+    first = run_gm(mnist, cls, tmp_path / "b", interrupt=(1, 1))
     with pytest.raises(KeyboardInterrupt):
         first.run()
     assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step_000001", "step_000001_002"]
-    resumed = run_dsa(mnist, tmp_path / "b", seed_before=123)  # a different initial network: state must load
+    resumed = run_gm(mnist, cls, tmp_path / "b", seed_before=123)  # a different initial network: state must load
     resumed.run(resume_from_checkpoint="latest")
     assert torch.equal(straight.synthetic.images, resumed.synthetic.images)
     for name, tensor in straight.method.net.state_dict().items():
@@ -164,8 +165,9 @@ def test_dsa_killed_inside_an_outer_loop_resumes_bit_identically(mnist, tmp_path
 
 
 @pytest.mark.slow
-def test_short_dsa_run_beats_its_initial_set(mnist, tmp_path):
-    method = make(mnist, DSA, ipc=1, batch_real=64, outer_loop=1, inner_loop=1)
+@pytest.mark.parametrize("cls", [DC, DSA])
+def test_short_run_beats_its_initial_set(mnist, tmp_path, cls):
+    method = make(mnist, cls, ipc=1, batch_real=64, outer_loop=1, inner_loop=1)
     synthetic = PixelParametrization.from_real(mnist.train, 1, seed=0)
     initial = synthetic.images.detach().clone()
     distiller = Distiller(Accelerator(cpu=True), method, synthetic, None, 40, tmp_path, {}, progress=False)

@@ -19,15 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny_dm_cmi.yaml"
 
 
-def argv(tmp_path, *extra):
+def argv(tmp_path, proxy_cache, *extra):
     return ["--config", str(TINY), "--output_dir", str(tmp_path / "out"), "--proxy_cache_dir",
-            str(tmp_path / "cache"), "--run_name", "run", *extra]
+            str(proxy_cache), "--run_name", "run", *extra]
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(proxy_cache, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("recipe")
-    assert main_entry(argv(tmp_path), None) == 0
+    assert main_entry(argv(tmp_path, proxy_cache), None) == 0
     return tmp_path / "out" / "run"
 
 
@@ -55,7 +55,7 @@ def test_outputs_are_a_hub_layout_dataset_with_card(finished_run):
     assert config["ipc"] == 2 and config["cmi_weight"] == 10
 
 
-def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(tmp_path, capsys):
+def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(proxy_cache, tmp_path, capsys):
     """The quickstart's shipped default (no --config; compiled, its own proxy spec) shortened: it evaluates
     the random real subset too, prints the gain against it, and the set's CMI before and after; the initial
     CMI is that of the initial set, recomputed here from the cached proxies."""
@@ -65,7 +65,7 @@ def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(tmp_pa
     from cmidd_hf.data.loading import load_image_classification
 
     default = ROOT / "recipes" / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"
-    args = ["--output_dir", str(tmp_path / "out"), "--proxy_cache_dir", str(tmp_path / "cache"),
+    args = ["--output_dir", str(tmp_path / "out"), "--proxy_cache_dir", str(proxy_cache),
             "--iterations", "3", "--eval_runs", "2", "--eval_epochs", "2", "--checkpoint_every", "0"]
     assert main_entry(args, default) == 0
     out = capsys.readouterr().out
@@ -111,15 +111,20 @@ def test_pixel_values_are_exact_and_image_is_their_rendering(finished_run):
     assert torch.equal(images.reshape(rendered.shape), rendered)
 
 
-def test_resume_latest_continues_and_refuses_changed_ipc_or_method(finished_run, capsys):
+def test_resume_latest_continues_and_refuses_a_changed_configuration(proxy_cache, finished_run, capsys):
     tmp_path = finished_run.parents[1]
     before = (finished_run / "README.md").read_text()
-    assert main_entry(argv(tmp_path, "--ipc", "3", "--resume_from_checkpoint", "latest"), None) == 2
-    assert "ipc: checkpoint 2 vs now 3" in capsys.readouterr().err
-    assert main_entry(argv(tmp_path, "--resume_from_checkpoint", "latest"), None, method="dsa") == 2
+    for extra, changed in [(["--ipc", "3"], "ipc: checkpoint 2 vs now 3"),
+                           (["--seed", "1"], "seed: checkpoint 0 vs now 1"),
+                           (["--net_arch", "convnet4"], "net_arch: checkpoint 'convnet3' vs now 'convnet4'"),
+                           (["--init", "noise"], "init: checkpoint 'real' vs now 'noise'")]:
+        assert main_entry(argv(tmp_path, proxy_cache, *extra, "--resume_from_checkpoint", "latest"), None) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: cannot resume") and changed in err and "\n" not in err
+    assert main_entry(argv(tmp_path, proxy_cache, "--resume_from_checkpoint", "latest"), None, method="dsa") == 2
     assert "method: checkpoint 'dm' vs now 'dsa'" in capsys.readouterr().err
     assert (finished_run / "README.md").read_text() == before  # refusals touched nothing
-    assert main_entry(argv(tmp_path, "--iterations", "6", "--resume_from_checkpoint", "latest"), None) == 0
+    assert main_entry(argv(tmp_path, proxy_cache, "--iterations", "6", "--resume_from_checkpoint", "latest"), None) == 0
     meta = yaml.safe_load((finished_run / "README.md").read_text().split("---")[1])
     assert meta["distillation"]["default"]["iterations"] == 6
     steps = [json.loads(line)["step"] for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
@@ -161,6 +166,8 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
         (["--ipc", "401"], "ipc=401 exceeds the 400 training images"),
         (["--cmi_weight", "-1"], "cmi_weight=-1.0"),
         (["--dataset", "no-such-dataset"], "unknown dataset='no-such-dataset'"),
+        (["--dataset", "/nonexistent"], "dataset='/nonexistent': no such folder"),
+        (["--dataset", "{tmp}/missing"], "missing': no such folder"),
         (["--label_column", "digit"], "label_column='digit' is not a column"),
         (["--net_arch", "convnet99"], "net_arch: unknown architecture 'convnet99'"),
         (["--proxies", "no_such_proxy_net"], "unknown proxy 'no_such_proxy_net'"),
@@ -177,24 +184,49 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
         (["--eval_at", "1", "99"], "eval_at=99: must be an iteration in 0.."),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, extra, message):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(proxy_cache, tmp_path, capsys, extra, message):
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.yaml").write_text("ipc: [1\n")
     extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
-    assert main_entry(argv(tmp_path, *extra), None) == 2
+    assert main_entry(argv(tmp_path, proxy_cache, *extra), None) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_proxy_shape_mismatch_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("method, extra, message", [
+    ("dc", ["--outer_loop", "0"], "outer_loop=0: must be >= 1"),
+    ("dc", ["--lr_net", "0"], "lr_net=0.0: must be > 0"),
+    ("dc", ["--inner_loop", "-1"], "inner_loop=-1: must be >= 0"),
+    ("dsa", ["--outer_loop", "0"], "outer_loop=0: must be >= 1"),
+    ("dsa", ["--lr_net", "-0.1"], "lr_net=-0.1: must be > 0"),
+    ("dsa", ["--batch_train", "0"], "batch_train=0: must be >= 1"),
+    ("idm", ["--initial_nets", "5", "--net_num", "3"], "initial_nets=5 exceeds net_num=3"),
+    ("idm", ["--train_net_num", "4"], "train_net_num=4 exceeds the initial pool"),
+    ("idm", ["--ce_weight", "-1"], "ce_weight=-1.0: must be >= 0"),
+    ("idm", ["--lr_net", "0"], "need lr_net > 0"),
+    ("idm", ["--factor", "0"], "factor=0: must be >= 1"),
+    ("idc", ["--inner_loop", "0"], "inner_loop=0: must be >= 1"),
+    ("idc", ["--lr_img", "0.1", "--lr_img_base", "0.001"], "set only one of them"),
+])
+def test_method_refusals_through_the_recipes(proxy_cache, tmp_path, capsys, method, extra, message):
+    config = ROOT / "tests" / "fixtures" / f"tiny_{method}_cmi.yaml"
+    args = ["--config", str(config), "--output_dir", str(tmp_path / "out"), "--proxy_cache_dir", str(proxy_cache),
+            *extra]
+    assert main_entry(args, None, method=method) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_proxy_shape_mismatch_is_refused(proxy_cache, tmp_path, capsys):
     import timm
     from timm.models import save_for_hf
 
     import cmidd_hf  # noqa: F401
 
     save_for_hf(timm.create_model("convnet3", num_classes=10), tmp_path / "rgb_proxy", safe_serialization=True)
-    assert main_entry(argv(tmp_path, "--proxies", f"local-dir:{tmp_path / 'rgb_proxy'}"), None) == 2
+    assert main_entry(argv(tmp_path, proxy_cache, "--proxies", f"local-dir:{tmp_path / 'rgb_proxy'}"), None) == 2
     assert "does not accept" in capsys.readouterr().err
 
 
@@ -279,10 +311,10 @@ def test_push_is_checked_before_any_work(monkeypatch):
     check_can_push("org/name")
 
 
-def test_tensorboard_tracker_receives_losses_cmi_and_accuracy(tmp_path):
+def test_tensorboard_tracker_receives_losses_cmi_and_accuracy(proxy_cache, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert main_entry(argv(tmp_path, "--report_to", "tensorboard", "--eval_every", "2"), None) == 0
+    assert main_entry(argv(tmp_path, proxy_cache, "--report_to", "tensorboard", "--eval_every", "2"), None) == 0
     (events,) = (tmp_path / "out" / "run" / "logs" / "run").glob("events.out.tfevents.*")  # hparams: a sub-run
     scalars = EventAccumulator(str(events)).Reload()
     tags = set(scalars.Tags()["scalars"])
@@ -291,9 +323,9 @@ def test_tensorboard_tracker_receives_losses_cmi_and_accuracy(tmp_path):
     assert [e.step for e in scalars.Scalars("accuracy/convnet3")] == [0, 2, 4]
 
 
-def test_an_unavailable_tracker_is_refused(tmp_path, capsys, monkeypatch):
+def test_an_unavailable_tracker_is_refused(proxy_cache, tmp_path, capsys, monkeypatch):
     import accelerate.utils
 
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
-    assert main_entry(argv(tmp_path, "--report_to", "wandb"), None) == 2
+    assert main_entry(argv(tmp_path, proxy_cache, "--report_to", "wandb"), None) == 2
     assert "report_to=wandb: the wandb package is not installed" in capsys.readouterr().err

@@ -84,16 +84,21 @@ def resolve_dataset(
         return _load_folder(source, config_name), Path(source)
     if os.path.exists(source):
         raise DataError(f"dataset={source!r} is a file; pass a folder in Hub layout or a Hub dataset id")
+    if source.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(source):
+        raise DataError(f"dataset={source!r}: no such folder; give an existing folder in Hub layout, an embedded "
+                        f"dataset {list(EMBEDDED_DATASETS)} or a Hub id 'org/name'")
     if source.count("/") != 1:
         raise DataError(
             f"unknown dataset={source!r}: not an embedded dataset {list(EMBEDDED_DATASETS)}, not an existing "
             "folder, and not a Hub id of the form 'org/name'"
         )
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
         local = snapshot_download(source, repo_type="dataset")
+    except HFValidationError as err:
+        raise DataError(f"dataset={source!r} is neither an existing folder nor a valid Hub id ({err})") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise DataError(
             f"dataset={source!r} could not be fetched from the Hugging Face Hub or found in the Hub cache "
