@@ -85,8 +85,16 @@ REAL = idx.DEBIAN_FASHION_MNIST
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL.is_dir() and os.environ.get("CMIDD_REQUIRE_FASHION_MNIST") != "1",
                     reason="apt-get install dataset-fashion-mnist (CI installs it and requires this test)")
-def test_real_fashion_mnist_counts_labels_statistics_and_a_few_dm_steps(cache, tmp_path):
+def test_real_fashion_mnist_counts_labels_statistics_and_a_few_dm_steps(cache, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    # an empty, offline Hub cache: the set must come from Debian's IDX files, converted once into `cache`
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     data = load_image_classification("fashion-mnist")
+    (converted,) = cache.iterdir()
+    assert converted.name.startswith("fashion-mnist-")
+    assert f"IDX files in `{REAL}`" in (converted / "README.md").read_text()
     assert data.num_classes == 10 and data.class_names == idx.FASHION_MNIST_CLASSES
     assert [data.train.class_count(c) for c in range(10)] == [6000] * 10
     assert [data.test.class_count(c) for c in range(10)] == [1000] * 10
