@@ -10,8 +10,10 @@ import yaml
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
+from cmidd_hf.artifacts.proxies import ProxyTrainingSpec, expand_specs
 from cmidd_hf.cli.arguments import parse_recipe
 from cmidd_hf.cli.runner import main_entry
+from cmidd_hf.data.loading import EMBEDDED_DATASETS, FASHION_MNIST_NAMES, known_stats
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.hub.synthetic_set import load_synthetic
 
@@ -157,6 +159,18 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
     validate(recipe)
     assert recipe.run.method == method and recipe.cmi.cmi_weight > 0 and recipe.cmi.proxies
     assert not (tmp_path / "out").exists()
+    # the dataset is one the library knows how to load (embedded, Fashion-MNIST, or a Hub id with known stats)
+    dataset = recipe.data.dataset
+    assert dataset in EMBEDDED_DATASETS or dataset in FASHION_MNIST_NAMES or (
+        dataset.count("/") == 1 and known_stats(dataset) is not None), dataset
+    # every proxy resolves without the network: a training plan (trained once, cached) or a local folder; a
+    # Hub repo named by a shipped preset would 404 for users until someone publishes it
+    for spec in expand_specs(recipe.cmi.proxies):
+        if isinstance(spec, dict):
+            assert set(spec) == {"train"}, spec
+            ProxyTrainingSpec.from_mapping(spec["train"])
+        else:
+            assert spec.startswith("local-dir:") and Path(spec.removeprefix("local-dir:")).is_dir(), spec
 
 
 @pytest.mark.parametrize(
