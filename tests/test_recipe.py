@@ -85,7 +85,7 @@ def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(proxy_
     initial = build_method(recipe, data, torch.device("cpu")).init_synthetic().decode()
     pool = ProxyPool.from_pretrained(recipe.cmi.proxies, data, cache_dir=recipe.cmi.proxy_cache_dir)
     values = dataset_cmi(*(t.detach() for t in initial), list(pool), space="feature", num_classes=10)
-    assert block["initial_cmi"] == pytest.approx(sum(values) / len(values), rel=1e-5)
+    assert block["initial_cmi"] == pytest.approx(sum(values) / len(values), abs=5e-7)  # the card keeps 6 decimals
     assert block["initial_cmi"] != pytest.approx(block["final_cmi"], rel=1e-6)
 
 
@@ -287,7 +287,7 @@ def test_run_output_pushes_loads_back_and_evaluates_on_four_architectures(finish
 
 def test_evaluate_script_imports_pt_and_refuses_unclear_input(tmp_path, capsys):
     evaluate = load_script("evaluate_synthetic")
-    mnist = load_dataset(str(ROOT / "cmidd_hf" / "datasets" / "mnist-5k"), split="train").with_format("torch")
+    mnist = load_dataset(str(ROOT / "cmidd_hf" / "data" / "embedded" / "mnist-5k"), split="train").with_format("torch")
     pixels = mnist.select(range(0, 4000, 200))  # 20 real images, class-mixed
     order = torch.argsort(pixels["label"][:], stable=True)
     images = (pixels["image"][:].float().reshape(20, 1, 28, 28) / 255)[order]
