@@ -239,26 +239,46 @@ def test_the_initial_set_is_evaluated_by_the_same_rule_as_every_iteration(mnist,
 FIXTURES = {"dm": TINY, **{m: ROOT / "tests" / "fixtures" / f"tiny_{m}_cmi.yaml" for m in ("dc", "dsa", "idc", "idm")}}
 
 
-def run_recipe(tmp_path, proxy_cache, method, *extra, launcher=None, env=None):
+def start_recipe(tmp_path, proxy_cache, method, *extra, launcher=None, env=None) -> subprocess.Popen:
     tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*(launcher or [sys.executable]), str(ROOT / "recipes" / f"distill_{method}.py"),
-                           "--config", str(FIXTURES[method]), "--output_dir", str(tmp_path / "out"),
-                           "--proxy_cache_dir", str(proxy_cache), *extra],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    return subprocess.Popen([*(launcher or [sys.executable]), str(ROOT / "recipes" / f"distill_{method}.py"),
+                             "--config", str(FIXTURES[method]), "--output_dir", str(tmp_path / "out"),
+                             "--proxy_cache_dir", str(proxy_cache), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="session")
+def tiny_proxies(proxy_cache):
+    """The fixtures' proxy spec (the same in all five) trained once into the session cache, so that runs
+    started side by side only read it."""
+    from cmidd_hf.artifacts.proxies import ProxyPool
+
+    specs = {json.dumps(yaml.safe_load(path.read_text())["proxies"], sort_keys=True) for path in FIXTURES.values()}
+    assert len(specs) == 1
+    ProxyPool.from_pretrained(yaml.safe_load(TINY.read_text())["proxies"], load_image_classification("mnist-5k"),
+                              cache_dir=proxy_cache)
+    return proxy_cache
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dm", "dc", "dsa", "idc", "idm"])
-def test_one_and_two_processes_give_the_same_synthetic_set(proxy_cache, tmp_path, method):
-    """Bit-identical sets (same threads per process, so the same kernels); final runs split over processes."""
+def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_path, method):
+    """Bit-identical sets (same threads per process, so the same kernels); final runs split over processes.
+    The two runs go side by side (their draws never depend on timing)."""
     common = ("--run_name", "r", "--threads_per_process", "1")
-    single = run_recipe(tmp_path / "one", proxy_cache, method, *common)
-    assert single.returncode == 0, single.stderr[-3000:]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port", "29533"]
-    double = run_recipe(tmp_path / "two", proxy_cache, method, *common, launcher=launcher,
-                        env={"ACCELERATE_USE_CPU": "1"})
+    started = start_recipe(tmp_path / "one", tiny_proxies, method, *common)
+    double = finish(start_recipe(tmp_path / "two", tiny_proxies, method, *common, launcher=launcher,
+                                 env={"ACCELERATE_USE_CPU": "1"}))
+    single = finish(started)
+    assert single.returncode == 0, single.stderr[-3000:]
     assert double.returncode == 0, double.stderr[-3000:]
     assert "accelerate: 2 process(es), MULTI_CPU" in double.stdout
     assert "accelerate: 1 process(es)" in single.stdout
