@@ -5,6 +5,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -248,6 +249,13 @@ def start_recipe(tmp_path, proxy_cache, method, *extra, launcher=None, env=None)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
 
 
+def free_port() -> int:
+    """A port no other test (or parallel test worker) is using for its process group."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
     stdout, stderr = process.communicate(timeout=600)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
@@ -273,7 +281,7 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_pat
     The two runs go side by side (their draws never depend on timing)."""
     common = ("--run_name", "r", "--threads_per_process", "1")
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", "29533"]
+                "--main_process_port", str(free_port())]
     started = start_recipe(tmp_path / "one", tiny_proxies, method, *common)
     double = finish(start_recipe(tmp_path / "two", tiny_proxies, method, *common, launcher=launcher,
                                  env={"ACCELERATE_USE_CPU": "1"}))
