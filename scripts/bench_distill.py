@@ -10,6 +10,11 @@ the engine users run (:class:`cmidd_hf.engine.distill.Distiller`), on one proces
 subprocess so that peak memory is its own. Iteration times come from the run's metrics.jsonl (``seconds``),
 warm-up excluded.
 
+Beside each time it prints the *arithmetic floor* of the configuration on this CPU: the FLOPs of one iteration
+(convolutions and matrix products, counted with ``torch.utils.flop_counter`` on an eager run of the same
+iteration, the CMI term included) divided by the rate of a large matrix product measured here at the run's
+precision, and how many times that floor the iteration takes — comparable across CPU kinds.
+
     python scripts/bench_distill.py --method dm                  # IPC 1 and 10, auto precision, compiled DM net
     python scripts/bench_distill.py --method dsa --ipc 1 10 --iterations 2
     python scripts/bench_distill.py --method dc --precision fp32 --no_compile
@@ -26,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 import yaml
@@ -36,41 +42,67 @@ CMI = {"dm": (8000, "global"), "dc": (50000, "global"), "dsa": (50000, "global")
        "idm": (1000, "global")}
 
 
-def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool, iterations: int,
-            warmup: int, cmi_every: int, overrides: dict) -> dict:
-    from accelerate import Accelerator
+def matmul_gflops(precision: str, size: int = 2048, repeats: int = 5) -> float:
+    """The best rate (GFLOP/s) of a size × size matrix product at ``precision`` on this CPU."""
+    dtype = torch.bfloat16 if resolve_precision(precision, "cpu") == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
 
-    import cmidd_hf  # noqa: F401  (registers resnet18_cifar)
-    from cmidd_hf import CMIRegularizer, RealImageStore, build_network
-    from cmidd_hf.engine.distill import Distiller
-    from cmidd_hf.engine.run_folder import RunFolder
+
+def build(method: str, store, ipc: int, with_cmi: bool, precision: str, compile: bool, cmi_every: int,
+          overrides: dict):
+    """The method (and CMI regularizer) of one configuration."""
+    from cmidd_hf import CMIRegularizer, build_network
     from cmidd_hf.methods import MethodContext, get_method
 
-    g = torch.Generator().manual_seed(0)
-    u8 = torch.randint(0, 256, (10 * 300, 3, 32, 32), dtype=torch.uint8, generator=g)
-    store = RealImageStore(u8, torch.arange(10).repeat_interleave(300), 10, (0.4914, 0.4822, 0.4465),
-                           (0.2023, 0.1994, 0.2010), (3, 32, 32))
     cls = get_method(method)
     config = cls.config_class(**overrides)
     config.validate()
     context = MethodContext(real=store, ipc=ipc, precision=precision, compile=compile,
-                            augmentation=config.augmentation("cifar10"))
-    algorithm = cls(config, context)
+                            augmentation=config.augmentation("cifar10"), dataset="cifar10")
     regularizer = None
     if with_cmi:
         proxy = build_network("resnet18_cifar", 10, 3, (32, 32))
         weight, normalization = CMI[method]
         regularizer = CMIRegularizer([proxy], weight=weight, normalization=normalization, every=cmi_every,
                                      precision=precision)
+    return cls(config, context), regularizer
+
+
+def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool, iterations: int,
+            warmup: int, cmi_every: int, overrides: dict) -> dict:
+    from accelerate import Accelerator
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import cmidd_hf  # noqa: F401  (registers resnet18_cifar)
+    from cmidd_hf import RealImageStore
+    from cmidd_hf.engine.distill import Distiller
+    from cmidd_hf.engine.run_folder import RunFolder
+
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (10 * 300, 3, 32, 32), dtype=torch.uint8, generator=g)
+    store = RealImageStore(u8, torch.arange(10).repeat_interleave(300), 10, (0.4914, 0.4822, 0.4465),
+                           (0.2023, 0.1994, 0.2010), (3, 32, 32))
+    algorithm, regularizer = build(method, store, ipc, with_cmi, precision, compile, cmi_every, overrides)
     with tempfile.TemporaryDirectory() as out:
         distiller = Distiller(Accelerator(cpu=True), algorithm, algorithm.init_synthetic(), regularizer,
                               warmup + iterations, out, {}, progress=False)
         distiller.run()
         records = [json.loads(line) for line in RunFolder(out).metrics.read_text().splitlines()]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the timed run's, before the count
+    eager, eager_regularizer = build(method, store, ipc, with_cmi, "fp32", False, cmi_every, overrides)
+    with tempfile.TemporaryDirectory() as out, FlopCounterMode(display=False) as counter:
+        Distiller(Accelerator(cpu=True), eager, eager.init_synthetic(), eager_regularizer, 1, out, {},
+                  progress=False).run()
     times = [r["seconds"] for r in records][warmup:]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mean_s": statistics.mean(times), "median_s": statistics.median(times), "peak_rss_mb": peak_mb,
-            "image_steps": algorithm.image_steps_per_iteration}
+            "image_steps": algorithm.image_steps_per_iteration, "gflop": counter.get_total_flops() / 1e9}
 
 
 def main() -> None:
@@ -98,6 +130,8 @@ def main() -> None:
           f"({resolve_precision(args.precision, 'cpu')} here), compile {not args.no_compile}, ResNet-18 proxy, "
           f"CMI every {args.cmi_every}, {torch.get_num_threads()} threads, {iterations} timed iterations"
           + (f", settings {overrides}" if overrides else ""))
+    rate = matmul_gflops(args.precision)
+    print(f"matrix-product rate here: {rate:.0f} GFLOP/s ({resolve_precision(args.precision, 'cpu')})")
     for ipc in args.ipc:
         result = {}
         for with_cmi in (False, True):
@@ -116,6 +150,10 @@ def main() -> None:
               f"(median {base['median_s']:.3f}, peak {base['peak_rss_mb']:.0f} MB) | {name}+CMI {cmi['mean_s']:.3f} "
               f"s/it (median {cmi['median_s']:.3f}, peak {cmi['peak_rss_mb']:.0f} MB) | CMI overhead "
               f"{overhead:+.1f} %")
+        for label, r in ((name, base), (f"{name}+CMI", cmi)):
+            floor = r["gflop"] / rate
+            print(f"    {label}: {r['gflop']:.1f} GFLOP per iteration, floor {floor:.3f} s, "
+                  f"{r['mean_s'] / floor:.1f}x the floor")
 
 
 if __name__ == "__main__":
