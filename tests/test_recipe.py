@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,38 @@ def test_an_unavailable_tracker_is_refused(proxy_cache, tmp_path, capsys, monkey
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
     assert main_entry(argv(tmp_path, proxy_cache, "--report_to", "wandb"), None) == 2
     assert "report_to=wandb: the wandb package is not installed" in capsys.readouterr().err
+
+
+FASHION_CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*/fashion-mnist_ipc*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist():
+    from cmidd_hf.data.idx import DEBIAN_FASHION_MNIST
+    from cmidd_hf.data.loading import load_image_classification
+
+    if not DEBIAN_FASHION_MNIST.is_dir() and os.environ.get("CMIDD_REQUIRE_FASHION_MNIST") != "1":
+        pytest.skip("apt-get install dataset-fashion-mnist (CI installs it and requires these tests)")
+    return load_image_classification("fashion-mnist")
+
+
+@pytest.mark.parametrize("config", FASHION_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_fashion_mnist_config_starts_on_the_real_set(config, fashion_mnist, tmp_path):
+    """The budget study's presets (issue #20): parsed, validated, the method built on the real Fashion-MNIST,
+    its set initialized and one image step's losses computed for two classes."""
+    from cmidd_hf.cli.arguments import validate
+    from cmidd_hf.cli.runner import build_method
+
+    method = config.parent.name.removesuffix("_cmi")
+    recipe = parse_recipe(["--config", str(config), "--output_dir", str(tmp_path / "out"), "--compile", "false"],
+                          method)
+    validate(recipe)
+    assert recipe.data.dataset == "fashion-mnist" and recipe.data.validation_per_class == 100
+    algorithm = build_method(recipe, fashion_mnist, torch.device("cpu"))
+    synthetic = algorithm.init_synthetic()
+    assert synthetic.num_classes == 10 and synthetic.rows_per_class == recipe.synthetic.ipc
+    algorithm.begin_iteration(synthetic, 0)
+    losses = algorithm.losses(synthetic, [0, 1], 0, 0)
+    assert all(torch.isfinite(v) for v in losses.values()) and sum(losses.values()).requires_grad
+    if method == "idc":
+        assert algorithm.lr_img == pytest.approx(1e-4 * recipe.synthetic.ipc / 10 * (28 / 32) ** 2)
