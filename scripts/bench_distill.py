@@ -31,28 +31,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 import yaml
+from arithmetic_floor import counted_gflop, matmul_gflops
 
 from cmidd_hf.engine.precision import PRECISIONS, resolve_precision
 
 CMI = {"dm": (8000, "global"), "dc": (50000, "global"), "dsa": (50000, "global"), "idc": (100, "per_class"),
        "idm": (1000, "global")}
-
-
-def matmul_gflops(precision: str, size: int = 2048, repeats: int = 5) -> float:
-    """The best rate (GFLOP/s) of a size × size matrix product at ``precision`` on this CPU."""
-    dtype = torch.bfloat16 if resolve_precision(precision, "cpu") == "bf16" else torch.float32
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 / best / 1e9
 
 
 def build(method: str, store, ipc: int, with_cmi: bool, precision: str, compile: bool, cmi_every: int,
@@ -78,7 +65,6 @@ def build(method: str, store, ipc: int, with_cmi: bool, precision: str, compile:
 def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool, iterations: int,
             warmup: int, cmi_every: int, overrides: dict) -> dict:
     from accelerate import Accelerator
-    from torch.utils.flop_counter import FlopCounterMode
 
     import cmidd_hf  # noqa: F401  (registers resnet18_cifar)
     from cmidd_hf import RealImageStore
@@ -97,12 +83,12 @@ def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool
         records = [json.loads(line) for line in RunFolder(out).metrics.read_text().splitlines()]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the timed run's, before the count
     eager, eager_regularizer = build(method, store, ipc, with_cmi, "fp32", False, cmi_every, overrides)
-    with tempfile.TemporaryDirectory() as out, FlopCounterMode(display=False) as counter:
-        Distiller(Accelerator(cpu=True), eager, eager.init_synthetic(), eager_regularizer, 1, out, {},
-                  progress=False).run()
+    with tempfile.TemporaryDirectory() as out:
+        gflop = counted_gflop(Distiller(Accelerator(cpu=True), eager, eager.init_synthetic(), eager_regularizer, 1,
+                                        out, {}, progress=False).run)
     times = [r["seconds"] for r in records][warmup:]
     return {"mean_s": statistics.mean(times), "median_s": statistics.median(times), "peak_rss_mb": peak_mb,
-            "image_steps": algorithm.image_steps_per_iteration, "gflop": counter.get_total_flops() / 1e9}
+            "image_steps": algorithm.image_steps_per_iteration, "gflop": gflop}
 
 
 def main() -> None:

@@ -13,6 +13,10 @@ same machine compiles faster; for the first-run figure point it at an empty cach
 
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python scripts/bench_eval.py
 
+It also prints the run's arithmetic floor (``scripts/arithmetic_floor.py``: FLOPs of the training steps and the
+test pass, counted on eager 1- and 2-epoch runs, over a measured matrix-product rate) and how far each loop is
+from it.
+
 ``--accuracy_runs N`` also trains N networks each way on a random IPC-10 subset of mnist-5k and prints both
 accuracies, to show the fast path does not change the result beyond run-to-run noise.
 """
@@ -25,6 +29,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from arithmetic_floor import counted_gflop, matmul_gflops
 from torch.utils.data import DataLoader, TensorDataset
 
 from cmidd_hf.data.augment import DiffAugment, default_augmentation
@@ -61,8 +66,8 @@ def plain_eager_run(images, labels, test_u8, test_labels, store, protocol, seed)
     return correct / len(test_labels)
 
 
-def fast_run(images, labels, store, protocol, seed, precision) -> float:
-    trainer = NetworkTrainer("convnet3", 10, tuple(images.shape[1:]), protocol, "cpu", precision, compile=True)
+def fast_run(images, labels, store, protocol, seed, precision, compile: bool = True) -> float:
+    trainer = NetworkTrainer("convnet3", 10, tuple(images.shape[1:]), protocol, "cpu", precision, compile=compile)
     trainer.train(TensorSet(images, labels, "cpu"), seed)
     return trainer.accuracy(store)
 
@@ -97,6 +102,14 @@ def main() -> None:
     print(f"  plain eager fp32 DataLoader loop: {plain:8.1f} s")
     print(f"  cmidd_hf ({precision}, compiled, tensor): {fast:8.1f} s   (compile time included)")
     print(f"  ratio: {fast / plain:.3f}x")
+    one, two = (counted_gflop(lambda e=e: fast_run(images, labels, store, get_protocol("dsa", epochs=e), 0, "fp32",
+                                                   compile=False)) for e in (1, 2))
+    gflop = (one - (two - one)) + args.epochs * (two - one)  # the test pass once, the training steps per epoch
+    for name, seconds, rate_precision in (("plain eager fp32", plain, "fp32"), (f"cmidd_hf {precision}", fast,
+                                                                                  precision)):
+        floor = gflop / matmul_gflops(rate_precision)
+        print(f"  {name}: {gflop:.0f} GFLOP, floor {floor:.1f} s at this CPU's {rate_precision} matrix-product "
+              f"rate, {seconds / floor:.1f}x the floor")
 
     if args.accuracy_runs:
         data = load_image_classification("mnist-5k")
