@@ -342,11 +342,11 @@ def test_compiled_path_gives_the_eager_losses_gradients_and_network_updates(mnis
         results[compiled] = ({k: float(v.detach()) for k, v in losses.items()}, grad, nets)
     eager, compiled = results[False], results[True]
     assert compiled[0] == pytest.approx(eager[0], rel=1e-4)
-    assert grad_close(compiled[1], eager[1])
-    assert grad_close(compiled[2], eager[2])  # the networks trained between image steps
+    assert relatively_close(compiled[1], eager[1])
+    assert relatively_close(compiled[2], eager[2])  # the networks trained between image steps
 
 
-def grad_close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def relatively_close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal up to the rounding of channels-last / fused kernels (relative 5e-3; the IDC image gradient, a
     gradient of a gradient difference, differs by ~1.4e-3 on mnist-5k)."""
     return a.norm() > 0 and bool((a - b).norm() <= 5e-3 * b.norm())
