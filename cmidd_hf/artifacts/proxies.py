@@ -13,7 +13,6 @@ A proxy spec is one of
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -31,11 +30,12 @@ from timm.models import save_for_hf
 from ..data.loading import ImageClassificationData
 from ..evaluation.protocols import EvalProtocol
 from ..evaluation.trainer import EpochStats, NetworkTrainer, StoreSet
+from .resolver import ArtifactError, is_folder_spec, push_artifact, resolve_artifact, sha256_file
 
 logger = logging.getLogger(__name__)
 
 
-class ProxyError(ValueError):
+class ProxyError(ArtifactError):
     """A proxy that cannot be loaded or does not fit the dataset."""
 
 
@@ -93,20 +93,27 @@ class TransformersProxy(nn.Module):
         return hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden.mean(dim=1)
 
 
-def _load_one(spec: str) -> nn.Module:
+def _load_one(spec: str) -> tuple[nn.Module, dict]:
+    """The proxy of ``spec`` and its provenance (repo id and commit, or path; sha256 of the weights)."""
     try:
         if spec.startswith("transformers:"):
             from transformers import AutoModelForImageClassification
 
-            return TransformersProxy(AutoModelForImageClassification.from_pretrained(spec[len("transformers:"):]))
-        if spec.startswith(("hf-hub:", "local-dir:")):
-            return timm.create_model(spec, pretrained=True)
+            model = AutoModelForImageClassification.from_pretrained(spec[len("transformers:"):])
+            return TransformersProxy(model), {"name": spec, "repo_id": spec[len("transformers:"):],
+                                              "revision": getattr(model.config, "_commit_hash", None)}
+        if is_folder_spec(spec):
+            resolved = resolve_artifact(spec, ("config.json", "model.safetensors"), "proxy", PROXY_FILES)
+            model = timm.create_model(f"local-dir:{resolved.folder}", pretrained=True)
+            return model, {**resolved.provenance, "sha256": sha256_file(resolved.folder / "model.safetensors")}
         if not timm.is_model(spec):
             raise ProxyError(f"unknown proxy {spec!r}: not a timm model name, 'hf-hub:org/name', "
                              "'local-dir:/path' or 'transformers:org/name'")
-        return timm.create_model(spec, pretrained=True)
+        return timm.create_model(spec, pretrained=True), {"name": spec}
     except ProxyError:
         raise
+    except ArtifactError as err:
+        raise ProxyError(str(err)) from None
     except Exception as err:  # timm/hub raise many types; re-raise with the spec named
         raise ProxyError(f"proxy {spec!r} could not be loaded: {type(err).__name__}: {err}") from err
 
@@ -170,16 +177,11 @@ def save_proxy(model: nn.Module, out_dir: str | os.PathLike, data: ImageClassifi
 def push_proxy(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None):
     """Push a saved proxy as a timm model repo: ``create_repo`` + one commit of config.json, model.safetensors
     and README.md (nothing else; no pickle). ``token``: None uses ``HF_TOKEN`` or the login token."""
-    from huggingface_hub import HfApi
-
     folder = Path(folder)
     missing = [name for name in PROXY_FILES if not (folder / name).is_file()]
     if missing:
         raise ProxyError(f"{folder} is not a saved proxy: {missing} missing (save it with save_proxy)")
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                             allow_patterns=list(PROXY_FILES), commit_message=f"Upload proxy {folder.name}")
+    return push_artifact(folder, repo_id, PROXY_FILES, "proxy", private=private, token=token)
 
 
 def proxy_model_card(spec: ProxyTrainingSpec, index: int, accuracy: float | None, dataset_id: str,
@@ -240,51 +242,15 @@ def expand_specs(specs: Sequence[str | Mapping]) -> list[str | Mapping]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def provenance(spec: str) -> dict:
-    """Where a loaded proxy came from: repo id and resolved commit for Hub proxies, weight hashes for files."""
-    record: dict = {"name": spec}
-    if spec.startswith("hf-hub:"):
-        from huggingface_hub import snapshot_download
-
-        repo_id, _, revision = spec[len("hf-hub:"):].partition("@")
-        snapshot = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=list(PROXY_FILES)))
-        record.update(repo_id=repo_id, revision=snapshot.name)  # snapshot folders are named by commit hash
-        weights = snapshot / "model.safetensors"
-    elif spec.startswith("local-dir:"):
-        weights = Path(spec[len("local-dir:"):]) / "model.safetensors"
-    else:
-        weights = None
-    if weights is not None and weights.is_file():
-        record["sha256"] = _sha256(weights)
-    return record
-
-
 class ProxyPool(Sequence[nn.Module]):
     """A list of frozen proxies checked against a dataset (channels, image size, classes)."""
 
-    def __init__(self, proxies: Sequence[nn.Module], names: Sequence[str]) -> None:
+    def __init__(self, proxies: Sequence[nn.Module], names: Sequence[str],
+                 provenance: Sequence[dict] | None = None) -> None:
         self.proxies = [p.eval().requires_grad_(False) for p in proxies]
         self.names = list(names)
-
-    @property
-    def provenance(self) -> list[dict]:
-        """One record per proxy: name, and repo id + commit (Hub) or sha256 of the weights (files)."""
-        records = []
-        for name, proxy in zip(self.names, self.proxies, strict=True):
-            if name.startswith("transformers:"):
-                records.append({"name": name, "repo_id": name[len("transformers:"):],
-                                "revision": getattr(proxy.model.config, "_commit_hash", None)})
-            else:
-                records.append(provenance(name))
-        return records
+        self.provenance = list(provenance) if provenance is not None else [{"name": n} for n in self.names]
+        """One record per proxy: name, and repo id + commit (Hub) or path, with the sha256 of the weights."""
 
     def __len__(self) -> int:
         return len(self.proxies)
@@ -309,21 +275,25 @@ class ProxyPool(Sequence[nn.Module]):
         if not specs:
             raise ProxyError("no proxies given: list at least one proxy (a name, hf-hub:, local-dir:, "
                              "transformers: or a train: spec)")
-        models, names = [], []
+        models, names, records = [], [], []
         for spec in expand_specs(specs):
             if isinstance(spec, Mapping):
                 if set(spec) != {"train"}:
                     raise ProxyError(f"a proxy mapping must be {{'train': {{...}}}}, got keys {sorted(spec)}")
                 if data is None:
                     raise ProxyError("a train: proxy spec needs the dataset to train on")
-                for name, model in cached_or_trained(ProxyTrainingSpec.from_mapping(spec["train"] or {}), data,
-                                                     Path(cache_dir), dataset_id or data.name, device, progress):
+                for name, (model, record) in cached_or_trained(ProxyTrainingSpec.from_mapping(spec["train"] or {}),
+                                                               data, Path(cache_dir), dataset_id or data.name, device,
+                                                               progress):
                     models.append(model)
                     names.append(name)
+                    records.append(record)
             else:
-                models.append(_load_one(str(spec)))
+                model, record = _load_one(str(spec))
+                models.append(model)
                 names.append(str(spec))
-        pool = cls(models, names)
+                records.append(record)
+        pool = cls(models, names, records)
         if data is not None:
             pool.check(data)
         return pool
@@ -357,7 +327,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def cached_or_trained(spec: ProxyTrainingSpec, data: ImageClassificationData, cache_dir: Path, dataset_id: str,
-                      device=None, progress: bool = True) -> list[tuple[str, nn.Module]]:
+                      device=None, progress: bool = True) -> list[tuple[str, tuple[nn.Module, dict]]]:
     """Proxies of ``spec``: loaded from ``cache_dir`` when present, else trained, saved there, and loaded."""
     out = []
     root = cache_dir / spec.cache_key(dataset_id.replace("/", "--"))
