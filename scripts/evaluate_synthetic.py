@@ -30,7 +30,7 @@ from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.precision import PRECISIONS
-from cmidd_hf.evaluation.protocols import PROTOCOLS
+from cmidd_hf.evaluation.protocols import PROTOCOLS, get_protocol
 from cmidd_hf.hub.interop import load_imagefolder, load_pt
 from cmidd_hf.hub.synthetic_set import SyntheticSet, load_synthetic
 
@@ -122,8 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     augmentation = default_augmentation(data.name) if args.protocol != "idc" else None
-    options = dict(protocol=args.protocol, runs=args.runs, seed=args.seed, epochs=args.epochs,
-                   augmentation=augmentation, precision=args.precision, compile=not args.no_compile)
+    overrides = (synthetic.distillation.get("evaluation") or {}).get("overrides") or {}
+    if overrides:  # what the method learned (MTT: the step size) replaces the protocol's setting
+        print("replaying the set's evaluation settings: "
+              + ", ".join(f"{k} {v:.6g} (learned by the method)" for k, v in overrides.items()))
+    options = dict(protocol=get_protocol(args.protocol, **overrides), runs=args.runs, seed=args.seed,
+                   epochs=args.epochs, augmentation=augmentation, precision=args.precision,
+                   compile=not args.no_compile)
+    if synthetic.transform is not None:  # the set lives in its experts' ZCA space: so must the test data
+        data = data.with_transform(synthetic.transform)
+        print(f"test data ZCA-whitened with the set's transform (sha256 {synthetic.transform.sha256[:12]})")
     # train in the evaluation data's normalization; the set itself (saved with --update-card) stays exact
     train_set = synthetic if (synthetic.mean, synthetic.std) == (data.mean, data.std) else \
         synthetic.renormalized(data.mean, data.std)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+import yaml
 from huggingface_hub import HfApi
 from huggingface_hub.errors import EntryNotFoundError
 
@@ -83,6 +84,19 @@ class FakeHub:
         if snapshot is None or not (snapshot / filename).is_file():
             raise EntryNotFoundError(f"{filename} not in {repo_id}")
         return str(snapshot / filename)
+
+
+@pytest.fixture(scope="session")
+def expert_cache(tmp_path_factory) -> Path:
+    """The experts of tests/fixtures/tiny_mtt_cmi.yaml, trained once per session into the cache its train: spec
+    resolves to (pass it as --expert_cache_dir)."""
+    from cmidd_hf import load_image_classification
+    from cmidd_hf.artifacts.experts import resolve_experts
+
+    spec = yaml.safe_load((Path(__file__).parent / "fixtures" / "tiny_mtt_cmi.yaml").read_text())["experts"]
+    cache = tmp_path_factory.mktemp("expert-cache")
+    resolve_experts(spec, load_image_classification("mnist-5k"), cache, "mnist-5k", progress=False)
+    return cache
 
 
 @pytest.fixture()

@@ -237,7 +237,8 @@ def test_the_initial_set_is_evaluated_by_the_same_rule_as_every_iteration(mnist,
 # ------------------------------------------------------------------------------------------ the recipe
 
 
-FIXTURES = {"dm": TINY, **{m: ROOT / "tests" / "fixtures" / f"tiny_{m}_cmi.yaml" for m in ("dc", "dsa", "idc", "idm")}}
+FIXTURES = {"dm": TINY, **{m: ROOT / "tests" / "fixtures" / f"tiny_{m}_cmi.yaml"
+                           for m in ("dc", "dsa", "idc", "idm", "mtt")}}
 
 
 def start_recipe(tmp_path, proxy_cache, method, *extra, launcher=None, env=None) -> subprocess.Popen:
@@ -275,11 +276,14 @@ def tiny_proxies(proxy_cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dm", "dc", "dsa", "idc", "idm"])
-def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_path, method):
+@pytest.mark.parametrize("method", ["dm", "dc", "dsa", "idc", "idm", "mtt"])
+def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_path, method, request):
     """Bit-identical sets (same threads per process, so the same kernels); final runs split over processes.
-    The two runs go side by side (their draws never depend on timing)."""
+    The two runs go side by side (their draws never depend on timing). MTT splits its two trajectories and the
+    CMI term over the processes (data-parallel) instead of classes."""
     common = ("--run_name", "r", "--threads_per_process", "1")
+    if method == "mtt":
+        common += ("--expert_cache_dir", str(request.getfixturevalue("expert_cache")))
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port", str(free_port())]
     started = start_recipe(tmp_path / "one", tiny_proxies, method, *common)
@@ -303,7 +307,8 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_pat
         (result,) = block["results"]
         finals.append(result["accuracies"])
         assert block["method"] == method
-        assert block["method_config"]["lr_img"] == {"dm": 1.0, "dc": 0.1, "dsa": 0.1, "idc": 0.01, "idm": 0.2}[method]
+        assert block["method_config"]["lr_img"] == {"dm": 1.0, "dc": 0.1, "dsa": 0.1, "idc": 0.01, "idm": 0.2,
+                                                    "mtt": 100.0}[method]
         if method == "dc":
             assert block["augmentation"] is None
         if method == "dsa":
@@ -311,7 +316,9 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_pat
             assert block["augmentation"] == "color_crop_cutout_scale_rotate"  # digits: no flip
         if method in ("idc", "idm"):
             assert block["parametrization"]["factor"] == 2 and block["parametrization"]["decoded_per_class"] == 8
-        runs = 1 if method == "dm" else 2
+        if method == "mtt":
+            assert block["method_config"]["learned_lr"] == block["evaluation"]["overrides"]["lr"] != 0.01
+        runs = 1 if method in ("dm", "mtt") else 2
         assert result["seeds"] == list(range(runs)) and len(result["accuracies"]) == runs
     assert finals[0] == finals[1]  # the same networks, trained by one process or split over two
 

@@ -20,8 +20,10 @@ from ..data.augment import default_augmentation
 from ..data.loading import ImageClassificationData, load_image_classification
 from ..engine.distill import Distiller, check_compatible, find_checkpoint
 from ..engine.errors import ConfigError
+from ..engine.method import MethodArtifacts
 from ..engine.run_folder import STATE_FILE, RunFolder
 from ..evaluation.evaluate import EvaluationResult, evaluate_random_subset, evaluate_synthetic
+from ..evaluation.protocols import get_protocol
 from ..hub.figures import plot_curves
 from ..hub.synthetic_set import SyntheticSet
 from ..methods import DistillationMethod, MethodConfigError, MethodContext, get_method
@@ -67,10 +69,24 @@ def evaluate_across_processes(accelerator: Accelerator, evaluate, runs: int, see
                                seeds=[s for p in parts for s in p.seeds], validation_accuracies=validation or None)
 
 
-def build_method(recipe: DistillRecipe, data: ImageClassificationData, device: torch.device) -> DistillationMethod:
+def resolve_method_artifacts(recipe: DistillRecipe, data: ImageClassificationData,
+                             accelerator: Accelerator) -> MethodArtifacts:
+    """The method's pretrained artifacts (experts, teachers), the main process first (it trains and caches
+    what a train: spec asks for; the others then read the cache)."""
+    with accelerator.main_process_first():
+        try:
+            return get_method(recipe.run.method).resolve_artifacts(recipe.method, data,
+                                                                   progress=accelerator.is_main_process)
+        except MethodConfigError as err:
+            raise ConfigError(str(err)) from err
+
+
+def build_method(recipe: DistillRecipe, data: ImageClassificationData, device: torch.device,
+                 artifacts: MethodArtifacts | None = None) -> DistillationMethod:
     context = MethodContext(real=data.train, ipc=recipe.synthetic.ipc, seed=recipe.run.seed, device=device,
                             precision=recipe.run.precision, compile=recipe.run.compile,
-                            augmentation=recipe.method.augmentation(data.name), dataset=data.name)
+                            augmentation=recipe.method.augmentation(data.name), dataset=data.name,
+                            artifacts=dict(artifacts.items) if artifacts is not None else {})
     try:
         return get_method(recipe.run.method)(recipe.method, context)
     except MethodConfigError as err:
@@ -105,12 +121,18 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     if run.resume_from_checkpoint:  # refuse an incompatible resume before any long work
         checkpoint = find_checkpoint(folder.root, run.resume_from_checkpoint)
         check_compatible(json.loads((checkpoint / STATE_FILE).read_text())["fingerprint"], identity)
-    method = build_method(recipe, data, device)
+    artifacts = resolve_method_artifacts(recipe, data, accelerator)
+    if artifacts.transform is not None:  # e.g. the experts' ZCA: every split, the proxies' training included
+        data = data.with_transform(artifacts.transform)
+    method = build_method(recipe, data, device, artifacts)
 
     pool = None
     if cmi_args.proxies:
         with accelerator.main_process_first():  # train:-specs are trained once, by the main process
-            pool = ProxyPool.from_pretrained(cmi_args.proxies, data, cache_dir=cmi_args.proxy_cache_dir,
+            cache_dir = Path(cmi_args.proxy_cache_dir)
+            if artifacts.transform is not None:  # proxies trained in the transformed space are cached apart
+                cache_dir = cache_dir / f"{artifacts.transform.kind}-{artifacts.transform.sha256[:12]}"
+            pool = ProxyPool.from_pretrained(cmi_args.proxies, data, cache_dir=cache_dir,
                                              dataset_id=data_args.dataset, progress=accelerator.is_main_process)
         pool.to(device)
     regularizer = None
@@ -125,14 +147,18 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         initial_cmi = set_cmi(pool, *(t.detach() for t in synthetic.decode()), cmi_args.cmi_space, data.num_classes)
 
     eval_augmentation = default_augmentation(data.name) if ev.eval_protocol == "dsa" else None
-    eval_options = dict(protocol=ev.eval_protocol, epochs=ev.eval_epochs, augmentation=eval_augmentation,
-                        precision=run.precision, compile=run.compile, device=device)
+
+    def eval_options() -> dict:
+        """The protocol with what the method has learned so far (MTT: its step size) applied."""
+        protocol = get_protocol(ev.eval_protocol, **method.evaluation_overrides())
+        return dict(protocol=protocol, epochs=ev.eval_epochs, augmentation=eval_augmentation,
+                    precision=run.precision, compile=run.compile, device=device)
 
     def periodic_evaluation(images, labels, step) -> dict:
         record = {}
         for arch in ev.eval_archs:
             result = evaluate_synthetic(images, labels, data.test, arch=arch, runs=ev.eval_every_runs,
-                                        seed=run.seed, progress=False, **eval_options)
+                                        seed=run.seed, progress=False, **eval_options())
             record[f"accuracy/{arch}"] = result.mean
         if pool is not None:
             record["set_cmi"] = set_cmi(pool, images, labels, cmi_args.cmi_space, data.num_classes)
@@ -154,7 +180,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     results = []
     for arch in ev.eval_archs:
         result = evaluate_across_processes(accelerator, lambda runs, seed, arch=arch: evaluate_synthetic(
-            images, labels, data.test, arch=arch, runs=runs, seed=seed, validation=data.validation, **eval_options),
+            images, labels, data.test, arch=arch, runs=runs, seed=seed, validation=data.validation, **eval_options()),
             ev.eval_runs, run.seed)
         accelerator.print(f"final accuracy {result}")
         results.append(result)
@@ -162,7 +188,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     if ev.eval_baseline:
         for arch in ev.eval_archs:
             baselines.append(evaluate_across_processes(accelerator, lambda runs, seed, arch=arch: (
-                evaluate_random_subset(data, ipc, arch=arch, runs=runs, seed=seed, **eval_options)),
+                evaluate_random_subset(data, ipc, arch=arch, runs=runs, seed=seed, **eval_options())),
                 ev.eval_runs, run.seed))
             accelerator.print(f"baseline (random real ipc {ipc}) {baselines[-1]}")
         for result, baseline in zip(results, baselines, strict=True):
@@ -186,6 +212,9 @@ def run_distillation(recipe: DistillRecipe) -> dict:
                 "name": "class_aware_cmi", "weight": cmi_args.cmi_weight, "space": cmi_args.cmi_space,
                 "normalization": cmi_args.cmi_normalization, "every": cmi_args.cmi_every,
                 "proxies": pool.provenance},
+            "artifacts": artifacts.provenance or None,
+            "transform": None if artifacts.transform is None else artifacts.transform.describe(),
+            "evaluation": {"protocol": ev.eval_protocol, "overrides": method.evaluation_overrides()},
             "ipc": ipc, "iterations": run.iterations, "seed": run.seed,
             "image_size": list(data.image_shape),
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
@@ -196,7 +225,8 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         }
         synthetic_set = SyntheticSet(images, labels, data.class_names, data.mean, data.std, distillation,
                                      source=data_args.dataset, license=data.license,
-                                     config_name=recipe.hub.hub_config, condensed=distiller.synthetic.condensed())
+                                     config_name=recipe.hub.hub_config, condensed=distiller.synthetic.condensed(),
+                                     transform=artifacts.transform)
         if baselines:
             synthetic_set.record_results(baselines, kind="baselines")
         plot_curves(folder.metrics, folder.curves)
@@ -223,14 +253,14 @@ def main_entry(argv, default_config: str | Path | None, method: str = "dm") -> i
     interruption -> 130."""
     import sys
 
-    from ..artifacts.proxies import ProxyError
+    from ..artifacts.resolver import ArtifactError
     from ..data.errors import DataError
     from ..engine.distill import NonFiniteLossError, ResumeError
 
     configure_logging()
     try:
         run_distillation(parse_recipe(argv, method, default_config))
-    except (ConfigError, DataError, ProxyError, ResumeError, NonFiniteLossError) as err:
+    except (ConfigError, DataError, ArtifactError, ResumeError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:

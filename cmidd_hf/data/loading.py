@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +236,10 @@ class _ArrowSource(_ImageSource):
 
 
 class RealImageStore:
-    """Class-indexed real images: uint8 storage, normalized on the fly, seeded class-balanced sampling."""
+    """Class-indexed real images: uint8 storage, normalized on the fly, seeded class-balanced sampling.
+
+    ``transform`` (e.g. :class:`cmidd_hf.data.transforms.ZCAWhitening`) is applied after normalization to every
+    image the store hands out; ``denormalize`` undoes it first."""
 
     def __init__(
         self,
@@ -247,7 +250,9 @@ class RealImageStore:
         std: tuple[float, ...],
         image_shape: tuple[int, int, int],
         indices: torch.Tensor | None = None,
+        transform=None,
     ) -> None:
+        self.transform = transform
         self.source = _TensorSource(source) if isinstance(source, torch.Tensor) else source
         self.all_labels = labels.long()
         self.indices = torch.arange(len(labels)) if indices is None else indices
@@ -264,7 +269,13 @@ class RealImageStore:
     def subset(self, positions: torch.Tensor) -> RealImageStore:
         """A store over some of this store's images (shares the decoded data)."""
         return RealImageStore(self.source, self.all_labels, self.num_classes, tuple(self.mean.flatten().tolist()),
-                              tuple(self.std.flatten().tolist()), self.image_shape, self.indices[positions])
+                              tuple(self.std.flatten().tolist()), self.image_shape, self.indices[positions],
+                              self.transform)
+
+    def with_transform(self, transform) -> RealImageStore:
+        """The same images seen through ``transform`` (None: plain normalized)."""
+        return RealImageStore(self.source, self.all_labels, self.num_classes, tuple(self.mean.flatten().tolist()),
+                              tuple(self.std.flatten().tolist()), self.image_shape, self.indices, transform)
 
     def class_count(self, c: int) -> int:
         return len(self.class_positions[c])
@@ -278,10 +289,13 @@ class RealImageStore:
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            images = self.transform.inverse(images)
         return images * self.std.to(images.device) + self.mean.to(images.device)
 
     def images(self, positions: torch.Tensor, device=None) -> torch.Tensor:
-        return self.normalize(self.uint8(positions), device)
+        images = self.normalize(self.uint8(positions), device)
+        return images if self.transform is None else self.transform(images)
 
     def sample_positions(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` distinct random positions of class ``c``."""
@@ -327,6 +341,11 @@ class ImageClassificationData:
     @property
     def channels(self) -> int:
         return self.image_shape[0]
+
+    def with_transform(self, transform) -> ImageClassificationData:
+        """Every split seen through ``transform`` (e.g. ZCA whitening fitted on the training split)."""
+        stores = [None if s is None else s.with_transform(transform) for s in (self.train, self.test, self.validation)]
+        return replace(self, train=stores[0], test=stores[1], validation=stores[2])
 
     @property
     def image_size(self) -> tuple[int, int]:

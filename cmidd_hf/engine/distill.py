@@ -156,7 +156,8 @@ class Distiller:
         self.eval_at = frozenset(eval_at)
         self.state = RunState(fingerprint=dict(fingerprint))
         num_classes, processes = synthetic.num_classes, accelerator.num_processes
-        self.sharded = method.sharding != Sharding.REPLICATED and processes > 1
+        self.sharded = method.sharding in (Sharding.CLASS, Sharding.CLASS_GATHERED) and processes > 1
+        self.work_split = (self.sharded or method.sharding == Sharding.DATA) and processes > 1
         if self.sharded and processes > num_classes:
             raise ConfigError(f"{processes} processes for {num_classes} classes: every process needs a class; "
                              f"launch at most {num_classes} processes")
@@ -188,13 +189,13 @@ class Distiller:
                                                      reduction="sum"))
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:
-        """Sum over processes (each computed its own classes); replicated work counts once."""
+        """Sum over processes (each computed its own classes or work units); replicated work counts once."""
         if self.accelerator.num_processes == 1:
             return values
         keys = sorted(values)
         tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
         total = self.accelerator.reduce(tensor, reduction="sum")
-        if not self.sharded:
+        if not self.work_split:
             total = total / self.accelerator.num_processes
         return dict(zip(keys, total.tolist(), strict=True))
 
@@ -296,8 +297,52 @@ class Distiller:
         self.synchronize()
         return self.synthetic
 
+    def _unit_gradients(self, step: int, substep: int) -> tuple[dict[str, float], torch.Tensor]:
+        """``Sharding.DATA``: the values and the gradient rows [units (+1 for the regularizer), all optimizer
+        parameters] of this process's units (round-robin), each unit backpropagated alone; other rows zero."""
+        units = self.method.work_units
+        with_regularizer = self.regularizer is not None and self.regularizer.is_active(step)
+        count = units + int(with_regularizer)
+        processes, rank = self.accelerator.num_processes, self.accelerator.process_index
+        parameters = self._optimized_parameters()
+        rows = torch.zeros(count, sum(p.numel() for p in parameters), device=self.accelerator.device)
+        values: dict[str, float] = {"loss": 0.0}
+        for unit in range(rank, count, processes):
+            if unit < units:
+                terms = self.method.losses(self.synthetic, [unit], step, substep)
+                loss = sum(terms.values())
+                logs = {name: float(value.detach()) for name, value in terms.items()}
+            else:
+                classes = list(range(self.synthetic.num_classes))
+                images, labels = self.method.regularizer_inputs(self.synthetic, classes, step, substep)
+                draw = self.method.regularizer_draw(step, substep)
+                loss, logs = self.regularizer(images, labels, step, self.synthetic.num_classes,
+                                              total_samples=len(images), draw=draw)
+            for name, value in logs.items():
+                values[name] = values.get(name, 0.0) + value
+            values["loss"] += float(loss.detach())
+            grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+            rows[unit] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                                    for g, p in zip(grads, parameters, strict=True)])
+        return values, rows
+
+    def _optimized_parameters(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _apply_unit_gradients(self, rows: torch.Tensor) -> None:
+        """Every unit's gradient on every process (each row has one contributor), summed in unit order: the
+        same ``.grad`` bit for bit whatever the number of processes."""
+        if self.accelerator.num_processes > 1:
+            rows = self.accelerator.reduce(rows, reduction="sum")
+        parameters = self._optimized_parameters()
+        total = rows.sum(0).split([p.numel() for p in parameters])
+        for parameter, grad in zip(parameters, total, strict=True):
+            parameter.grad = grad.view_as(parameter).clone()
+
     def _image_step(self, step: int, substep: int) -> dict[str, float]:
         """One optimizer step on the process's classes; returns the step's values, summed over processes."""
+        if self.method.sharding == Sharding.DATA:
+            return self._data_parallel_step(step, substep)
         losses = self.method.losses(self.synthetic, self.my_classes, step, substep)
         loss = sum(losses.values())
         values = {name: float(value.detach()) for name, value in losses.items()}
@@ -311,18 +356,33 @@ class Distiller:
         values["loss"] = float(loss.detach())
         values["stop"] = 1.0 if self._stop_signal is not None else 0.0
         values = self._reduce(values)
+        self._check_finite(values, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._finish_step(step, substep)
+        return values
+
+    def _data_parallel_step(self, step: int, substep: int) -> dict[str, float]:
+        values, rows = self._unit_gradients(step, substep)
+        values["stop"] = 1.0 if self._stop_signal is not None else 0.0
+        values = self._reduce(values)
+        self._check_finite(values, step)
+        self._apply_unit_gradients(rows)
+        self._finish_step(step, substep)
+        return values
+
+    def _check_finite(self, values: dict[str, float], step: int) -> None:
         if not math.isfinite(values["loss"]):
             details = ", ".join(f"{k} {v}" for k, v in values.items() if k not in ("loss", "stop"))
             raise NonFiniteLossError(f"non-finite loss {values['loss']} at step {step} ({details})")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+
+    def _finish_step(self, step: int, substep: int) -> None:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         if self.method.sharding == Sharding.CLASS_GATHERED:
             self.synchronize()
         self.method.after_image_step(self.synthetic, step, substep)
-        return values
 
     def _stop(self, bar) -> None:
         path = self.save_checkpoint()

@@ -14,10 +14,17 @@ subclass registered by name. The engine (:class:`cmidd_hf.engine.distill.Distill
   decoded images the regularizer sees (all of a class's by default; IDC: at most 128) and the key of its
   random draws (the iteration by default; IDC: the image step);
 * :meth:`~DistillationMethod.state_dict` / :meth:`~DistillationMethod.load_state_dict` — the method's own
-  state, saved with every checkpoint so that resuming is bit-exact.
+  state, saved with every checkpoint so that resuming is bit-exact;
+* :meth:`~DistillationMethod.evaluation_overrides` — protocol settings the method learned (MTT: the step
+  size), used by every evaluation and recorded in the card so that a user of the set replays them.
 
-``sharding`` says how classes are spread over processes (:class:`Sharding`). Every random draw must derive
-from ``(seed, tag, step, substep, class)`` so that a class's loss does not depend on which process computes it.
+Before the method is built, :meth:`DistillationMethod.resolve_artifacts` resolves the pretrained artifacts it
+reads (MTT's experts, SRe2L's teacher) through :mod:`cmidd_hf.artifacts.resolver`, and names the data transform
+they were built in (ZCA), which the runner applies to every split.
+
+``sharding`` says how work is spread over processes (:class:`Sharding`). Every random draw must derive
+from ``(seed, tag, step, substep, class or work unit)`` so that a loss does not depend on which process
+computes it.
 """
 
 from __future__ import annotations
@@ -43,11 +50,15 @@ class Sharding(str, Enum):
     * ``CLASS_GATHERED``: as CLASS, but the whole set is gathered after every image step because
       :meth:`DistillationMethod.after_image_step` reads all of it (DC/DSA train a network on it).
     * ``REPLICATED``: the loss couples classes; every process computes everything (identically).
+    * ``DATA``: the loss is a sum over ``work_units`` independent terms (MTT: trajectories), each of the whole
+      set; processes split the units (and the regularizer, one more unit), and the gradient of every unit is
+      shared so that each process sums them in unit order: the same update, bit for bit, as one process.
     """
 
     CLASS = "class"
     CLASS_GATHERED = "class_gathered"
     REPLICATED = "replicated"
+    DATA = "data"
 
 
 class MethodConfigError(ValueError):
@@ -96,6 +107,20 @@ class MethodContext:
     compile: bool = False
     augmentation: str | None = None  # the resolved DSA strategy of the dataset (None: no augmentation)
     dataset: str = ""  # the dataset's name or Hub id (dataset-dependent official settings, e.g. IDC's lr_img)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # what resolve_artifacts returned, by name
+
+
+@dataclass
+class MethodArtifacts:
+    """Pretrained artifacts a method reads, resolved before it is built.
+
+    ``items`` reach the method as ``context.artifacts``; ``transform`` (e.g. the experts' ZCA whitening) is
+    applied to every split of the data before the method sees it and saved with the distilled set;
+    ``provenance`` is recorded in the card."""
+
+    items: dict[str, Any] = field(default_factory=dict)
+    transform: Any = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 class DistillationMethod:
@@ -109,9 +134,21 @@ class DistillationMethod:
         self.config, self.context = config, context
         self.seed, self.device = context.seed, torch.device(context.device)
 
+    @classmethod
+    def resolve_artifacts(cls, config: MethodConfig, data, progress: bool = True) -> MethodArtifacts:
+        """Resolve (download, or train once and cache) what the method reads besides the data; ``data`` is the
+        plain dataset. Called once per process, the main process first; raises MethodConfigError or
+        ArtifactError naming the setting and the fix."""
+        return MethodArtifacts()
+
     @property
     def image_steps_per_iteration(self) -> int:
         """Image updates in one iteration (DC/DSA: ``outer_loop``)."""
+        return 1
+
+    @property
+    def work_units(self) -> int:
+        """Independent loss terms of one image step under ``Sharding.DATA`` (``losses`` gets their indices)."""
         return 1
 
     def init_synthetic(self) -> Parametrization:
@@ -130,7 +167,8 @@ class DistillationMethod:
 
     def losses(self, synthetic: Parametrization, classes: Sequence[int], step: int,
                substep: int) -> dict[str, torch.Tensor]:
-        """The named loss terms of ``classes`` at image step ``substep`` of iteration ``step``."""
+        """The named loss terms of ``classes`` (under ``Sharding.DATA``: of work units) at image step
+        ``substep`` of iteration ``step``."""
         raise NotImplementedError
 
     def after_image_step(self, synthetic: Parametrization, step: int, substep: int) -> None:
@@ -151,6 +189,10 @@ class DistillationMethod:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"method {self.name!r} has no state but the checkpoint holds {sorted(state)}")
+
+    def evaluation_overrides(self) -> dict[str, Any]:
+        """Evaluation-protocol fields the method sets from what it learned, e.g. ``{"lr": 0.012}`` (MTT)."""
+        return {}
 
     def describe(self) -> dict:
         """The method's settings as recorded in the dataset card (with what the config left to defaults)."""

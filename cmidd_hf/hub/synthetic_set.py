@@ -25,6 +25,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from ..data.errors import DataError
 from ..data.hub_layout import write_hub_dataset
 from ..data.loading import find_columns, known_stats
+from ..data.transforms import ZCA_FILE, ZCAWhitening
 from ..engine.parametrization import CondensedSet
 from ..engine.run_folder import CONDENSED, GRID
 from .card import asset_prefix, build_card_data, plain, render_card
@@ -47,6 +48,9 @@ class SyntheticSet:
         config_name: the dataset config it is saved/pushed as ("default" -> ``data/``).
         condensed: for multi-formation sets (IDC, IDM), the stored tensors and decode factor that ``images``
             were decoded from; saved as ``condensed.safetensors`` next to the grid.
+        transform: the data transform ``images`` live in (MTT with ZCA: whitened), saved as ``zca.safetensors``
+            next to the grid; apply it to test data normalized with ``mean``/``std`` before evaluating
+            (``data.with_transform(set.transform)``). PNGs and grids show the inverse-transformed images.
     """
 
     images: torch.Tensor
@@ -59,6 +63,7 @@ class SyntheticSet:
     license: str | None = None
     config_name: str = "default"
     condensed: CondensedSet | None = None
+    transform: ZCAWhitening | None = None
 
     def __post_init__(self) -> None:
         self.images = torch.as_tensor(self.images).detach().cpu().float().contiguous()
@@ -98,12 +103,20 @@ class SyntheticSet:
     def results(self) -> list[dict]:
         return list(self.distillation.get("results") or [])
 
+    def viewable(self) -> torch.Tensor:
+        """The images in normalized space (the inverse transform applied, if any): what PNGs and grids show."""
+        return self.images if self.transform is None else self.transform.inverse(self.images)
+
     def denormalized(self) -> torch.Tensor:
-        """``images * std + mean``: pixel scale, not clipped (optimized values may leave [0, 1])."""
-        return self.images * torch.tensor(self.std).view(1, -1, 1, 1) + torch.tensor(self.mean).view(1, -1, 1, 1)
+        """``images * std + mean`` (after the inverse transform): pixel scale, not clipped (optimized values may
+        leave [0, 1])."""
+        return self.viewable() * torch.tensor(self.std).view(1, -1, 1, 1) + torch.tensor(self.mean).view(1, -1, 1, 1)
 
     def renormalized(self, mean: tuple[float, ...], std: tuple[float, ...]) -> SyntheticSet:
         """The same set expressed in another normalization (e.g. the evaluation data's)."""
+        if self.transform is not None:
+            raise ValueError("a set in a transformed (ZCA) space cannot be renormalized; evaluate it against data "
+                             f"normalized with its own mean {list(self.mean)} and std {list(self.std)}")
         images = (self.denormalized() - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
         return replace(self, images=images, mean=tuple(mean), std=tuple(std))
 
@@ -126,7 +139,7 @@ class SyntheticSet:
         """The rows as a ``datasets.Dataset``: image (PNG), label (ClassLabel), pixel_values (float32)."""
         features = Features({"image": Image(), "label": ClassLabel(names=self.class_names),
                              "pixel_values": Array3D(self.image_shape, "float32")})
-        return Dataset.from_dict({"image": list(to_uint8_images(self.images, self.mean, self.std)),
+        return Dataset.from_dict({"image": list(to_uint8_images(self.viewable(), self.mean, self.std)),
                                   "label": self.labels.tolist(), "pixel_values": self.images.numpy()},
                                  features=features)
 
@@ -156,10 +169,12 @@ class SyntheticSet:
                                     len(self.labels))
         prefix = asset_prefix(self.config_name)
         with tempfile.TemporaryDirectory() as tmp:
-            grid = save_grid(self.images, self.labels, self.mean, self.std, Path(tmp) / GRID)
+            grid = save_grid(self.viewable(), self.labels, self.mean, self.std, Path(tmp) / GRID)
             files = {f"{prefix}{GRID}": grid}
             if self.condensed is not None:
                 files[f"{prefix}{CONDENSED}"] = save_condensed(self.condensed, Path(tmp) / CONDENSED)
+            if self.transform is not None:
+                files[f"{prefix}{ZCA_FILE}"] = self.transform.save(tmp)
             files.update({f"{prefix}{name}": path for name, path in (extra_files or {}).items()})
             return write_hub_dataset({"train": self.to_dataset()}, folder, card_data,
                                      lambda data: render_card(data, repo_id), config_name=self.config_name,
@@ -305,8 +320,12 @@ def load_synthetic(
     license = card.license if card is not None else None
     condensed_file = folder / asset_prefix(config or "default") / CONDENSED
     condensed = load_condensed_file(condensed_file) if condensed_file.is_file() else None
+    transform = ZCAWhitening.load(folder / asset_prefix(config or "default")) if block.get("transform") else None
+    if block.get("transform") and transform is None:
+        raise DataError(f"the card of {source!r} says its images are {block['transform'].get('type')}-transformed "
+                        f"but {ZCA_FILE} is missing; re-download the set")
     return SyntheticSet(images, labels, class_names, tuple(mean), tuple(std), block,
-                        sources[0] if sources else None, license, config or "default", condensed)
+                        sources[0] if sources else None, license, config or "default", condensed, transform)
 
 
 def load_condensed(source: str | os.PathLike, config: str | None = None,

@@ -14,9 +14,10 @@ from .dm import DistributionMatching, DMConfig
 from .gradient_matching import DC, DSA, DCConfig, DSAConfig, match_distance
 from .idc import IDC, IDCConfig
 from .idm import IDM, IDMConfig
+from .mtt import MTT, MTTConfig
 
 __all__ = [
-    "DC", "DCConfig", "DMConfig", "DSA", "DSAConfig", "IDC", "IDCConfig", "IDM", "IDMConfig",
+    "DC", "DCConfig", "DMConfig", "DSA", "DSAConfig", "IDC", "IDCConfig", "IDM", "IDMConfig", "MTT", "MTTConfig",
     "DistillationMethod", "DistributionMatching", "METHODS",
     "MethodConfig", "MethodConfigError", "MethodContext", "Sharding", "get_method", "match_distance",
     "register_method",
