@@ -2,7 +2,7 @@
 
     accelerate launch recipes/distill_mtt.py                                   # mnist-5k default, CPU, offline
     accelerate launch recipes/distill_mtt.py --config recipes/configs/mtt_cmi/cifar10_ipc10.yaml
-    accelerate launch recipes/distill_mtt.py --config ... --experts hf-hub:org/cifar10-convnet3-experts   # CLI overrides YAML
+    accelerate launch recipes/distill_mtt.py --config ... --experts hf-hub:org/cifar10-convnet3-experts  # CLI wins
 
 Arguments: ``python recipes/distill_mtt.py --help`` (cmidd_hf.cli.arguments and cmidd_hf.methods.MTTConfig).
 """

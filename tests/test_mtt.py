@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +23,7 @@ from cmidd_hf.artifacts.experts import (
     ExpertRecipe,
     ExpertTrajectories,
     flat_parameters,
+    resolve_experts,
     train_experts,
 )
 from cmidd_hf.data.transforms import ZCAWhitening
@@ -91,6 +94,37 @@ def test_expert_training_resumes_at_the_next_expert_and_refuses_another_recipe(m
     assert ExpertTrajectories(tmp_path).num_experts == 2
     with pytest.raises(ExpertError, match="another recipe"):
         train_experts(ExpertRecipe(num_experts=2, epochs=2), data, tmp_path, "mnist-5k", progress=False)
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_train_experts_script_logs_each_expert_resumes_and_pushes_what_the_resolver_loads(
+        tmp_path, fake_hub, monkeypatch, caplog, capsys, mnist):
+    script = load_script("train_experts")
+    out = tmp_path / "experts"
+    argv = ["--dataset", "mnist-5k", "--num_experts", "2", "--epochs", "1", "--batch_size", "1024", "--no_compile",
+            "--output_dir", str(out)]
+    assert script.main(["--num_experts", "0", "--output_dir", str(out)]) == 2  # before any work
+    assert "num_experts >= 1" in capsys.readouterr().err and not out.exists()
+    with caplog.at_level(logging.INFO, logger="cmidd_hf"):
+        assert script.main(argv) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("expert ")]
+    assert [line.split(":")[0] for line in lines] == ["expert 1/2", "expert 2/2"]
+    assert f"experts: local-dir:{out}" in capsys.readouterr().out
+    first = (out / "expert-0001.safetensors").stat().st_mtime_ns
+    assert script.main(argv) == 0 and (out / "expert-0001.safetensors").stat().st_mtime_ns == first  # kept
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # the push path checks it
+    assert script.main([*argv, "--push_to_hub", "org/mnist-experts"]) == 0
+    (commit,) = fake_hub.commits
+    assert commit["files"] == ["README.md", "expert-0000.safetensors", "expert-0001.safetensors", "experts.json"]
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    pulled = resolve_experts("hf-hub:org/mnist-experts", mnist, tmp_path / "unused", "mnist-5k")
+    assert torch.equal(pulled.snapshots(1, (0, 1)), ExpertTrajectories(out).snapshots(1, (0, 1)))
 
 
 def test_zca_matches_kornia_and_is_saved_with_the_experts(mnist, tmp_path):

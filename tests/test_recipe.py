@@ -11,11 +11,13 @@ import yaml
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
+from cmidd_hf.artifacts.experts import ExpertRecipe
 from cmidd_hf.artifacts.proxies import ProxyTrainingSpec, expand_specs
 from cmidd_hf.cli.arguments import parse_recipe
 from cmidd_hf.cli.runner import main_entry
 from cmidd_hf.data.loading import EMBEDDED_DATASETS, FASHION_MNIST_NAMES, known_stats
 from cmidd_hf.engine.errors import ConfigError
+from cmidd_hf.engine.method import Sharding, get_method
 from cmidd_hf.hub.synthetic_set import load_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,6 +174,10 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
             ProxyTrainingSpec.from_mapping(spec["train"])
         else:
             assert spec.startswith("local-dir:") and Path(spec.removeprefix("local-dir:")).is_dir(), spec
+    # so do a trajectory-matching preset's experts (a training plan; validate() checked it covers the epochs)
+    if method == "mtt":
+        assert set(recipe.method.experts) == {"train"}, recipe.method.experts
+        assert ExpertRecipe.from_mapping(recipe.method.experts["train"]).zca == recipe.method.zca
 
 
 @pytest.mark.parametrize(
@@ -359,6 +365,16 @@ def fashion_mnist():
     return load_image_classification("fashion-mnist")
 
 
+def fashion_experts(data, recipe, folder: Path) -> Path:
+    """One expert with the preset's recipe and epochs, trained on 300 training images."""
+    from cmidd_hf.artifacts.experts import train_experts
+
+    expert = ExpertRecipe.from_mapping({**recipe.method.experts["train"], "num_experts": 1})
+    small = type(data)(data.name, data.train.subset(torch.arange(300)), None, None, data.class_names, data.mean,
+                       data.std)
+    return train_experts(expert, small, folder / "experts", "fashion-mnist", compile=False, progress=False)
+
+
 @pytest.mark.parametrize("config", FASHION_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_fashion_mnist_config_starts_on_the_real_set(config, fashion_mnist, tmp_path):
     """The budget study's presets (issue #20): parsed, validated, the method built on the real Fashion-MNIST,
@@ -371,11 +387,16 @@ def test_every_fashion_mnist_config_starts_on_the_real_set(config, fashion_mnist
                           method)
     validate(recipe)
     assert recipe.data.dataset == "fashion-mnist" and recipe.data.validation_per_class == 100
-    algorithm = build_method(recipe, fashion_mnist, torch.device("cpu"))
+    artifacts = None
+    if method == "mtt":  # experts of the preset's length on 300 real images (its train: spec would take hours)
+        recipe.method.experts = f"local-dir:{fashion_experts(fashion_mnist, recipe, tmp_path)}"
+        artifacts = get_method(method).resolve_artifacts(recipe.method, fashion_mnist, progress=False)
+    algorithm = build_method(recipe, fashion_mnist, torch.device("cpu"), artifacts)
     synthetic = algorithm.init_synthetic()
     assert synthetic.num_classes == 10 and synthetic.rows_per_class == recipe.synthetic.ipc
     algorithm.begin_iteration(synthetic, 0)
-    losses = algorithm.losses(synthetic, [0, 1], 0, 0)
+    units = [0, 1] if algorithm.sharding is not Sharding.DATA else list(range(algorithm.work_units))
+    losses = algorithm.losses(synthetic, units, 0, 0)
     assert all(torch.isfinite(v) for v in losses.values()) and sum(losses.values()).requires_grad
     if method == "idc":
         assert algorithm.lr_img == pytest.approx(1e-4 * recipe.synthetic.ipc / 10 * (28 / 32) ** 2)
