@@ -40,6 +40,9 @@ _PROBE = textwrap.dedent("""
             pass
         out["depth_after_inner"] = cpu_memory._depth
         out["inside_after_inner"] = mmapped_while_holding(48 * mib)  # above any mmap threshold
+        big = torch.empty(1536 * mib, dtype=torch.uint8)  # a graph larger than any trim threshold
+        del big
+        out["heap_kept"] = libc.mallinfo2().arena
     out["depth_after"] = cpu_memory._depth
     out["after"] = mmapped_while_holding(64 * mib)  # larger than any block freed inside
     print(json.dumps(out))
@@ -54,6 +57,7 @@ def test_large_blocks_come_from_the_heap_inside_and_from_mmap_after():
     assert out["before"] >= 4 * mib  # glibc's default: a 4 MiB block is mmapped
     assert out["active"] and out["inside"] == 0
     assert out["depth_after_inner"] == 1 and out["inside_after_inner"] == 0  # the inner exit did not restore
+    assert out["heap_kept"] >= 1536 * mib  # freed memory is never trimmed inside, however large
     assert out["depth_after"] == 0 and out["after"] >= 64 * mib  # back to mmapping large blocks
 
 

@@ -43,6 +43,7 @@ from ..engine.method import (
     register_method,
 )
 from ..engine.parametrization import Parametrization
+from ..engine.precision import autocast, resolve_precision
 from ..engine.seeding import generator
 from ..models import build_network
 from .base import check_strategy, resolve_strategy
@@ -179,6 +180,7 @@ class MTT(DistillationMethod):
         self.augment = DiffAugment(context.augmentation)
         self.set_size = real.num_classes * context.ipc
         self.batch_syn = min(config.batch_syn or self.set_size, self.set_size)
+        self.precision = resolve_precision(context.precision, self.device)
 
     # ------------------------------------------------------------------ engine hooks
 
@@ -239,7 +241,8 @@ class MTT(DistillationMethod):
         x = images[batch]
         if plan.augmentations[t] is not None:
             x = apply(x, plan.augmentations[t])
-        return F.cross_entropy(self._logits(flat, x), labels[batch])
+        with autocast(self.device, self.precision):
+            return F.cross_entropy(self._logits(flat, x), labels[batch])
 
     def _endpoints(self, plan: TrajectoryPlan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         snapshots = self.experts.snapshots(plan.expert, (plan.start, plan.start + self.config.expert_epochs))
