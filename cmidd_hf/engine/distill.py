@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .cpu_memory import reuse_freed_memory
@@ -189,11 +190,15 @@ class Distiller:
                                                      reduction="sum"))
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:
-        """Sum over processes (each computed its own classes or work units); replicated work counts once."""
+        """Sum over processes (each computed its own classes or work units); replicated work counts once.
+
+        Processes may log different names (a process whose units include the regularizer logs its terms, the
+        others do not), so the names are gathered first and a name a process lacks counts as 0 there: an
+        all-reduce of unequal lengths would hang."""
         if self.accelerator.num_processes == 1:
             return values
-        keys = sorted(values)
-        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        keys = sorted(set().union(*gather_object([sorted(values)])))
+        tensor = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.accelerator.device)
         total = self.accelerator.reduce(tensor, reduction="sum")
         if not self.work_split:
             total = total / self.accelerator.num_processes
