@@ -213,7 +213,7 @@ def test_data_parallel_units_give_the_gradient_of_the_summed_loss(mnist, experts
     reference = torch.autograd.grad(loss, [synthetic.images, method.syn_lr])
     torch.testing.assert_close(rows.sum(0)[:-1].view_as(synthetic.images), reference[0], rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(rows.sum(0)[-1], reference[1], rtol=1e-5, atol=1e-9)
-    assert values["matching_loss"] == pytest.approx(float(loss), rel=1e-6)
+    assert values["matching_loss"] == pytest.approx(float(loss.detach()), rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ runs
