@@ -1,15 +1,17 @@
 """MTT's iteration time and peak memory against ``syn_steps``, for the unrolled and the recomputed gradient.
 
 Random tensors stand in for CIFAR-10 (timing only: 10 classes, 3x32x32, 300 images per class) and for its
-experts (ConvNet-3 experts trained 2 epochs on those tensors with MTT's buffer recipe); the trajectory settings
+experts (one ConvNet-3 expert trained 2 epochs on those tensors with MTT's buffer recipe); the trajectory settings
 are the CIFAR-10 IPC 10 preset's (the whole set per student step, DSA, expert_epochs 2), one trajectory per
-iteration, optionally with the CMI term (a ResNet-18 instance-norm proxy, λ 100). The timed loop is the engine
+iteration, the student at ``--precision`` (default auto: bf16 where native), optionally with the CMI term
+(a ResNet-18 instance-norm proxy, λ 100). The timed loop is the engine
 users run (:class:`cmidd_hf.engine.distill.Distiller`) on one process; every setting runs in its own
 subprocess, so its peak resident memory (``ru_maxrss``) is its own. ``graph MB`` is that peak minus the resident
 memory just before the run (data, experts, networks): what the gradient computation itself holds.
 
     python scripts/bench_mtt.py                                   # IPC 10, syn_steps 10 20 30 60, both gradients
     python scripts/bench_mtt.py --syn_steps 30 --gradient unrolled --iterations 5 --cmi
+    python scripts/bench_mtt.py --syn_steps 10 30 --gradient unrolled --precision fp32
 """
 
 from __future__ import annotations
