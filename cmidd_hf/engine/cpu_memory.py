@@ -6,9 +6,9 @@ again: for ConvNet-3 on 100 CIFAR-sized images that is ~19,000 faults and a thir
 (65 -> 47 ms); with 250 images (67 MB activations, above any threshold) 174 -> 116 ms. Inside
 :func:`reuse_freed_memory` every block comes from the heap (``M_MMAP_MAX`` 0) and freed memory stays there for
 the next step (``M_TRIM_THRESHOLD`` -1: never trimmed; a 1 GiB threshold, used before, let MTT's 6 GB unrolled
-graph be handed back and faulted in again every iteration, 24.9 -> 21.9 s/it); on exit glibc's initial settings
-are back (128 KiB thresholds, 65,536 mmaps; the adaptive threshold stays off) and the idle heap is returned with
-``malloc_trim``.
+graph be handed back and faulted in again every iteration: 24.9 -> 21.9–23.8 s/it on CPU D, scripts/bench_mtt.py);
+on exit glibc's initial settings are back (128 KiB thresholds, 65,536 mmaps; the adaptive threshold stays off)
+and the idle heap is returned with ``malloc_trim``.
 
 This is process-wide allocator tuning, the same thing Intel's PyTorch guide does with an ``LD_PRELOAD`` of
 jemalloc/tcmalloc; it changes no result, only where memory comes from (and keeps the process's peak a little
