@@ -23,6 +23,18 @@ def proxy_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("proxy-cache")
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher(proxy_cache) -> Path:
+    """The BN teacher of ``tests/fixtures/tiny_sre2l_cmi.yaml`` trained once into the session proxy cache (runs
+    started side by side then only read it)."""
+    from cmidd_hf import load_image_classification
+    from cmidd_hf.artifacts.proxies import ProxyPool
+
+    spec = yaml.safe_load((Path(__file__).parent / "fixtures" / "tiny_sre2l_cmi.yaml").read_text())["teacher"]
+    ProxyPool.from_pretrained([spec], load_image_classification("mnist-5k"), cache_dir=proxy_cache)
+    return proxy_cache
+
+
 class FakeHub:
     """Records ``create_repo``/``upload_folder`` calls and publishes each commit as a snapshot in a Hub cache.
 

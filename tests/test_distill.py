@@ -238,7 +238,7 @@ def test_the_initial_set_is_evaluated_by_the_same_rule_as_every_iteration(mnist,
 
 
 FIXTURES = {"dm": TINY, **{m: ROOT / "tests" / "fixtures" / f"tiny_{m}_cmi.yaml"
-                           for m in ("dc", "dsa", "idc", "idm", "mtt")}}
+                           for m in ("dc", "dsa", "idc", "idm", "mtt", "sre2l")}}
 
 
 def start_recipe(tmp_path, proxy_cache, method, *extra, launcher=None, env=None) -> subprocess.Popen:
@@ -276,14 +276,17 @@ def tiny_proxies(proxy_cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dm", "dc", "dsa", "idc", "idm", "mtt"])
+@pytest.mark.parametrize("method", ["dm", "dc", "dsa", "idc", "idm", "mtt", "sre2l"])
 def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_path, method, request):
     """Bit-identical sets (same threads per process, so the same kernels); final runs split over processes.
     The two runs go side by side (their draws never depend on timing). MTT splits its two trajectories and the
-    CMI term over the processes (data-parallel) instead of classes."""
+    CMI term over the processes (data-parallel) instead of classes; SRe2L gives each process one of its two
+    blocks."""
     common = ("--run_name", "r", "--threads_per_process", "1")
     if method == "mtt":
         common += ("--expert_cache_dir", str(request.getfixturevalue("expert_cache")))
+    if method == "sre2l":
+        common += ("--teacher_cache_dir", str(request.getfixturevalue("tiny_teacher")))
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--main_process_port", str(free_port())]
     started = start_recipe(tmp_path / "one", tiny_proxies, method, *common)
@@ -308,7 +311,7 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_pat
         finals.append(result["accuracies"])
         assert block["method"] == method
         assert block["method_config"]["lr_img"] == {"dm": 1.0, "dc": 0.1, "dsa": 0.1, "idc": 0.01, "idm": 0.2,
-                                                    "mtt": 100.0}[method]
+                                                    "mtt": 100.0, "sre2l": 0.25}[method]
         if method == "dc":
             assert block["augmentation"] is None
         if method == "dsa":

@@ -103,6 +103,7 @@ def test_gain_line_compares_against_the_noise_of_both():
     assert gain_line(result(0.89, 0.95), result(0.85, 0.93)) == (
         "convnet3: distilled 92.00 % vs random real subset 89.00 %: +3.00 points (within the noise, ±5.00)")
     assert gain_line(result(0.92, 0.93), result(0.89, 0.89)).endswith("+3.50 points (above the noise, ±0.50)")
+    assert gain_line(result(0.89, 0.89), result(0.92, 0.93)).endswith("-3.50 points (below the noise, ±0.50)")
 
 
 def test_pixel_values_are_exact_and_image_is_their_rendering(finished_run):
@@ -178,6 +179,9 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
     if method == "mtt":
         assert set(recipe.method.experts) == {"train"}, recipe.method.experts
         assert ExpertRecipe.from_mapping(recipe.method.experts["train"]).zca == recipe.method.zca
+    if method == "sre2l":  # and a recover preset's teacher (a BN architecture, trained once and cached)
+        assert set(recipe.method.teacher) == {"train"}, recipe.method.teacher
+        assert ProxyTrainingSpec.from_mapping(recipe.method.teacher["train"]).arch.endswith("_bn")
 
 
 @pytest.mark.parametrize(
@@ -391,9 +395,17 @@ def test_every_fashion_mnist_config_starts_on_the_real_set(config, fashion_mnist
     if method == "mtt":  # experts of the preset's length on 300 real images (its train: spec would take hours)
         recipe.method.experts = f"local-dir:{fashion_experts(fashion_mnist, recipe, tmp_path)}"
         artifacts = get_method(method).resolve_artifacts(recipe.method, fashion_mnist, progress=False)
+    if method == "sre2l":  # a BN teacher of the preset's architecture, untrained (its train: spec takes hours)
+        from cmidd_hf.engine.method import MethodArtifacts
+        from cmidd_hf.models import build_network
+
+        arch = ProxyTrainingSpec.from_mapping(recipe.method.teacher["train"]).arch
+        artifacts = MethodArtifacts(items={"teacher": build_network(arch, 10, 1, (28, 28)).eval()})
     algorithm = build_method(recipe, fashion_mnist, torch.device("cpu"), artifacts)
-    synthetic = algorithm.init_synthetic()
-    assert synthetic.num_classes == 10 and synthetic.rows_per_class == recipe.synthetic.ipc
+    blocks = algorithm.blocks()
+    synthetic = algorithm.init_synthetic() if blocks is None else algorithm.init_block(blocks[0])
+    assert synthetic.num_classes == 10
+    assert synthetic.rows_per_class == (recipe.synthetic.ipc if blocks is None else blocks[0].per_class)
     algorithm.begin_iteration(synthetic, 0)
     units = [0, 1] if algorithm.sharding is not Sharding.DATA else list(range(algorithm.work_units))
     losses = algorithm.losses(synthetic, units, 0, 0)

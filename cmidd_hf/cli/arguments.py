@@ -78,6 +78,9 @@ class EvaluationArguments:
                 "and 1/5 of 1000 iterations without paying for an evaluation every 100"})
     eval_every_runs: int = field(default=1, metadata={"help": "networks per periodic evaluation"})
     eval_at_start: bool = field(default=True, metadata={"help": "with eval_every, also evaluate the initial set"})
+    eval_teacher: str | None = field(default=None, metadata={
+        "help": "teacher of a kd protocol (a timm name, hf-hub:, local-dir:, or {train: {...}} in YAML); default: "
+                "the method's teacher (SRe2L)"})
     eval_baseline: bool = field(default=False, metadata={"help": "also evaluate random real subsets of the same "
                                                                  "IPC (recorded as baselines in the card)"})
 

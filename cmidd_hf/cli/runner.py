@@ -18,6 +18,7 @@ from ..artifacts.proxies import ProxyPool
 from ..cmi.class_aware import CMIRegularizer, dataset_cmi
 from ..data.augment import default_augmentation
 from ..data.loading import ImageClassificationData, load_image_classification
+from ..engine.blocks import BLOCKS_DIR, Block, BlockwiseDistiller
 from ..engine.distill import Distiller, check_compatible, find_checkpoint
 from ..engine.errors import ConfigError
 from ..engine.method import MethodArtifacts
@@ -51,7 +52,7 @@ def gain_line(result: EvaluationResult, baseline: EvaluationResult) -> str:
     """One line: the distilled set's accuracy minus the random subset's, against the noise of both (their
     population stds over runs added in quadrature)."""
     gain, noise = 100 * (result.mean - baseline.mean), 100 * (result.std ** 2 + baseline.std ** 2) ** 0.5
-    verdict = "above" if gain > noise else "within"
+    verdict = "above" if gain > noise else "below" if gain < -noise else "within"
     return (f"{result.arch}: distilled {100 * result.mean:.2f} % vs random real subset {100 * baseline.mean:.2f} %: "
             f"{gain:+.2f} points ({verdict} the noise, ±{noise:.2f})")
 
@@ -86,11 +87,48 @@ def build_method(recipe: DistillRecipe, data: ImageClassificationData, device: t
     context = MethodContext(real=data.train, ipc=recipe.synthetic.ipc, seed=recipe.run.seed, device=device,
                             precision=recipe.run.precision, compile=recipe.run.compile,
                             augmentation=recipe.method.augmentation(data.name), dataset=data.name,
-                            artifacts=dict(artifacts.items) if artifacts is not None else {})
+                            artifacts=dict(artifacts.items) if artifacts is not None else {},
+                            iterations=recipe.run.iterations)
     try:
         return get_method(recipe.run.method)(recipe.method, context)
     except MethodConfigError as err:
         raise ConfigError(str(err)) from err
+
+
+def check_block_run(recipe: DistillRecipe, blocks: list[Block]) -> None:
+    """Settings a method with blocks cannot honour, refused before any long work."""
+    if recipe.cmi.cmi_weight > 0 and min(b.per_class for b in blocks) < 2:
+        raise ConfigError("cmi_weight > 0 but a block holds one image per class, whose class-aware CMI is exactly 0; "
+                          "put >= 2 images of each class in a block (images_per_block) or set cmi_weight 0")
+    ev = recipe.evaluation
+    if ev.eval_every or ev.eval_at:
+        raise ConfigError("eval_every / eval_at: this method distills the set block by block, so there is no whole "
+                          "set to evaluate before the end; unset them")
+    if recipe.run.resume_from_checkpoint not in (None, "latest"):
+        raise ConfigError(f"resume_from_checkpoint={recipe.run.resume_from_checkpoint!r}: a run of blocks resumes "
+                          "with 'latest' (finished blocks are kept, the block in flight resumes from its checkpoint)")
+
+
+def evaluation_teacher(recipe: DistillRecipe, data: ImageClassificationData, artifacts: MethodArtifacts,
+                       accelerator: Accelerator) -> torch.nn.Module:
+    """The teacher a ``kd`` protocol distills from: ``eval_teacher`` (resolved as a proxy), else the method's."""
+    spec = recipe.evaluation.eval_teacher
+    if spec:
+        with accelerator.main_process_first():
+            return ProxyPool.from_pretrained([spec], data, cache_dir=recipe.cmi.proxy_cache_dir,
+                                             dataset_id=recipe.data.dataset, progress=accelerator.is_main_process)[0]
+    if "teacher" in artifacts.items:
+        return artifacts.items["teacher"]
+    raise ConfigError(f"eval_protocol={recipe.evaluation.eval_protocol} trains against a teacher but the method has "
+                      "none; set eval_teacher (a timm name, hf-hub:, local-dir: or a train: spec)")
+
+
+def teacher_provenance(recipe: DistillRecipe, artifacts: MethodArtifacts) -> dict:
+    """What the card records of the evaluation's teacher, so a user of the set relabels with the same one."""
+    if recipe.evaluation.eval_teacher:
+        spec = recipe.evaluation.eval_teacher
+        return {"spec": spec if isinstance(spec, str) else dict(spec)}
+    return dict(artifacts.provenance.get("teacher") or {})
 
 
 def run_distillation(recipe: DistillRecipe) -> dict:
@@ -118,13 +156,19 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         raise ConfigError(f"ipc={ipc} exceeds the {smallest} training images of the smallest class of "
                           f"{data.name}; choose ipc <= {smallest}")
     identity = fingerprint(recipe, data)
-    if run.resume_from_checkpoint:  # refuse an incompatible resume before any long work
+    block_run = (folder.root / BLOCKS_DIR / "run.json").exists()
+    if run.resume_from_checkpoint and not block_run:  # refuse an incompatible resume before any long work
         checkpoint = find_checkpoint(folder.root, run.resume_from_checkpoint)
         check_compatible(json.loads((checkpoint / STATE_FILE).read_text())["fingerprint"], identity)
     artifacts = resolve_method_artifacts(recipe, data, accelerator)
     if artifacts.transform is not None:  # e.g. the experts' ZCA: every split, the proxies' training included
         data = data.with_transform(artifacts.transform)
     method = build_method(recipe, data, device, artifacts)
+    blocks = method.blocks()
+    if blocks is not None:
+        check_block_run(recipe, blocks)
+    eval_protocol = get_protocol(ev.eval_protocol)
+    teacher = evaluation_teacher(recipe, data, artifacts, accelerator) if eval_protocol.requires_teacher else None
 
     pool = None
     if cmi_args.proxies:
@@ -141,18 +185,20 @@ def run_distillation(recipe: DistillRecipe) -> dict:
                                      normalization=cmi_args.cmi_normalization, every=cmi_args.cmi_every,
                                      class_chunk_size=cmi_args.cmi_class_chunk, seed=run.seed,
                                      precision=cmi_args.cmi_precision)
-    synthetic = method.init_synthetic()
+    synthetic = method.init_synthetic() if blocks is None else None  # blocks are built one at a time
     initial_cmi = None
-    if pool is not None and accelerator.is_main_process:  # the CMI term's effect = initial -> final CMI
+    if pool is not None and synthetic is not None and accelerator.is_main_process:  # initial -> final CMI
         initial_cmi = set_cmi(pool, *(t.detach() for t in synthetic.decode()), cmi_args.cmi_space, data.num_classes)
 
-    eval_augmentation = default_augmentation(data.name) if ev.eval_protocol == "dsa" else None
+    eval_augmentation = None
+    if ev.eval_protocol == "dsa" or eval_protocol.requires_teacher:  # digits are not flipped
+        eval_augmentation = default_augmentation(data.name, eval_protocol.augmentation)
 
     def eval_options() -> dict:
         """The protocol with what the method has learned so far (MTT: its step size) applied."""
         protocol = get_protocol(ev.eval_protocol, **method.evaluation_overrides())
         return dict(protocol=protocol, epochs=ev.eval_epochs, augmentation=eval_augmentation,
-                    precision=run.precision, compile=run.compile, device=device)
+                    precision=run.precision, compile=run.compile, device=device, teacher=teacher)
 
     def periodic_evaluation(images, labels, step) -> dict:
         record = {}
@@ -170,12 +216,20 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         folder.config.write_text(to_yaml(recipe.flat()))
     accelerator.init_trackers(recipe.resolved_run_name, config={
         k: v for k, v in recipe.flat().items() if isinstance(v, (int, float, str, bool))})
-    distiller = Distiller(accelerator, method, synthetic, regularizer, run.iterations, folder.root, identity,
-                          checkpoint_every=run.checkpoint_every, keep_checkpoints=run.keep_checkpoints,
-                          eval_every=ev.eval_every, evaluate=periodic_evaluation, log_every=run.log_every,
-                          evaluate_at_start=ev.eval_at_start, eval_at=ev.eval_at)
-    distiller.run(run.resume_from_checkpoint)
-    images, labels = distiller.decoded()
+    if blocks is None:
+        distiller = Distiller(accelerator, method, synthetic, regularizer, run.iterations, folder.root, identity,
+                              checkpoint_every=run.checkpoint_every, keep_checkpoints=run.keep_checkpoints,
+                              eval_every=ev.eval_every, evaluate=periodic_evaluation, log_every=run.log_every,
+                              evaluate_at_start=ev.eval_at_start, eval_at=ev.eval_at)
+        distiller.run(run.resume_from_checkpoint)
+        images, labels = distiller.decoded()
+        parametrization, condensed = synthetic.describe(), distiller.synthetic.condensed()
+    else:
+        distiller = BlockwiseDistiller(accelerator, method, regularizer, run.iterations, folder.root, identity,
+                                       data.mean, data.std, checkpoint_every=run.checkpoint_every,
+                                       keep_checkpoints=run.keep_checkpoints, log_every=run.log_every)
+        images, labels = distiller.run(resume=bool(run.resume_from_checkpoint))
+        parametrization, condensed = distiller.describe(), None
 
     results = []
     for arch in ev.eval_archs:
@@ -198,15 +252,16 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     if accelerator.is_main_process:
         cmi = set_cmi(pool, images, labels, cmi_args.cmi_space, data.num_classes) if pool is not None else None
         if cmi is not None:
-            accelerator.print(f"class-aware CMI of the set (mean over {len(pool)} proxies): "
-                              f"{initial_cmi:.4f} initial -> {cmi:.4f} final nats")
+            initial = f"{initial_cmi:.4f} initial -> " if initial_cmi is not None else ""
+            accelerator.print(f"class-aware CMI of the set (mean over {len(pool)} proxies): {initial}{cmi:.4f} "
+                              "final nats")
         distiller.log_record({"step": run.iterations, "event": "evaluation", "final": True,
                               **{f"accuracy/{r.arch}": r.mean for r in results},
                               **({"final_cmi": cmi} if cmi is not None else {})})
         distillation = {
             "method": run.method,
             "method_config": method.describe(),
-            "parametrization": synthetic.describe(),
+            "parametrization": parametrization,
             "augmentation": method.context.augmentation,
             "regularizer": None if regularizer is None else {
                 "name": "class_aware_cmi", "weight": cmi_args.cmi_weight, "space": cmi_args.cmi_space,
@@ -214,7 +269,8 @@ def run_distillation(recipe: DistillRecipe) -> dict:
                 "proxies": pool.provenance},
             "artifacts": artifacts.provenance or None,
             "transform": None if artifacts.transform is None else artifacts.transform.describe(),
-            "evaluation": {"protocol": ev.eval_protocol, "overrides": method.evaluation_overrides()},
+            "evaluation": {"protocol": ev.eval_protocol, "overrides": method.evaluation_overrides(),
+                           **({"teacher": teacher_provenance(recipe, artifacts)} if teacher is not None else {})},
             "ipc": ipc, "iterations": run.iterations, "seed": run.seed,
             "image_size": list(data.image_shape),
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
@@ -225,7 +281,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         }
         synthetic_set = SyntheticSet(images, labels, data.class_names, data.mean, data.std, distillation,
                                      source=data_args.dataset, license=data.license,
-                                     config_name=recipe.hub.hub_config, condensed=distiller.synthetic.condensed(),
+                                     config_name=recipe.hub.hub_config, condensed=condensed,
                                      transform=artifacts.transform)
         if baselines:
             synthetic_set.record_results(baselines, kind="baselines")

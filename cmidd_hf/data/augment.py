@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -249,6 +250,15 @@ def default_augmentation(dataset_name: str, strategy: str = DSA_STRATEGY) -> str
     """The DSA strategy for a dataset: digits (MNIST, SVHN) are not flipped (DSA README)."""
     digits = any(key in dataset_name.lower() for key in ("mnist", "svhn")) and "fashion" not in dataset_name.lower()
     return "_".join(g for g in strategy.split("_") if g != "flip") if digits else strategy
+
+
+def mixup(x, y, alpha: float, generator: torch.Generator):
+    """Mixup: ``lam·x + (1-lam)·x[perm]`` with lam ~ Beta(alpha, alpha) (SRe2L's relabel: alpha 0.8, every
+    batch); returns mixed x, partner y, lambda. Both draws come from ``generator``."""
+    seed = int(torch.randint(2 ** 62, (), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    return lam * x + (1.0 - lam) * x[perm], y[perm], lam
 
 
 def cutmix(x, y, generator):

@@ -143,6 +143,7 @@ class Distiller:
         progress: bool = True,
         evaluate_at_start: bool = True,
         eval_at: Iterable[int] = (),
+        description: str | None = None,
     ) -> None:
         if iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -155,6 +156,7 @@ class Distiller:
         self.eval_every, self.evaluate, self.log_every = eval_every, evaluate, log_every
         self.progress, self.evaluate_at_start = progress, evaluate_at_start
         self.eval_at = frozenset(eval_at)
+        self.description = description or f"distill {method.name}"
         self.state = RunState(fingerprint=dict(fingerprint))
         num_classes, processes = synthetic.num_classes, accelerator.num_processes
         self.sharded = method.sharding in (Sharding.CLASS, Sharding.CLASS_GATHERED) and processes > 1
@@ -321,7 +323,7 @@ class Distiller:
                 classes = list(range(self.synthetic.num_classes))
                 images, labels = self.method.regularizer_inputs(self.synthetic, classes, step, substep)
                 draw = self.method.regularizer_draw(step, substep)
-                loss, logs = self.regularizer(images, labels, step, self.synthetic.num_classes,
+                loss, logs = self.regularizer(images, labels, step, self.synthetic.label_classes,
                                               total_samples=len(images), draw=draw)
             for name, value in logs.items():
                 values[name] = values.get(name, 0.0) + value
@@ -354,7 +356,7 @@ class Distiller:
         if self.regularizer is not None and self.regularizer.is_active(step):
             images, labels = self.method.regularizer_inputs(self.synthetic, self.my_classes, step, substep)
             total = self.synthetic.num_classes * (len(images) // len(self.my_classes))
-            reg_loss, logs = self.regularizer(images, labels, step, self.synthetic.num_classes,
+            reg_loss, logs = self.regularizer(images, labels, step, self.synthetic.label_classes,
                                               total_samples=total, draw=self.method.regularizer_draw(step, substep))
             loss = loss + reg_loss
             values.update(logs)
@@ -399,7 +401,7 @@ class Distiller:
         acc, state = self.accelerator, self.state
         steps_per_iteration = self.method.image_steps_per_iteration
         last_good: Path | None = None
-        bar = tqdm(total=self.iterations, initial=state.step, desc=f"distill {self.method.name}", unit="it",
+        bar = tqdm(total=self.iterations, initial=state.step, desc=self.description, unit="it",
                    disable=not (self.progress and acc.is_main_process))
         if state.step == 0 and state.substep == 0 and self._evaluates_after(0):
             self._run_evaluation()

@@ -16,7 +16,11 @@ subclass registered by name. The engine (:class:`cmidd_hf.engine.distill.Distill
 * :meth:`~DistillationMethod.state_dict` / :meth:`~DistillationMethod.load_state_dict` — the method's own
   state, saved with every checkpoint so that resuming is bit-exact;
 * :meth:`~DistillationMethod.evaluation_overrides` — protocol settings the method learned (MTT: the step
-  size), used by every evaluation and recorded in the card so that a user of the set replays them.
+  size), used by every evaluation and recorded in the card so that a user of the set replays them;
+* :meth:`~DistillationMethod.blocks` / :meth:`~DistillationMethod.init_block` — a partition of the set into
+  blocks distilled one after another, each from its own initialization with its own optimizer, owned by one
+  process and streamed to disk when done (:mod:`cmidd_hf.engine.blocks`; SRe2L). The default (None) is the
+  whole set as one parametrization, its classes sharded as ``sharding`` says.
 
 Before the method is built, :meth:`DistillationMethod.resolve_artifacts` resolves the pretrained artifacts it
 reads (MTT's experts, SRe2L's teacher) through :mod:`cmidd_hf.artifacts.resolver`, and names the data transform
@@ -39,6 +43,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..data.loading import RealImageStore
+from .blocks import Block
 from .parametrization import Parametrization, PixelParametrization
 
 
@@ -108,6 +113,7 @@ class MethodContext:
     augmentation: str | None = None  # the resolved DSA strategy of the dataset (None: no augmentation)
     dataset: str = ""  # the dataset's name or Hub id (dataset-dependent official settings, e.g. IDC's lr_img)
     artifacts: dict[str, Any] = field(default_factory=dict)  # what resolve_artifacts returned, by name
+    iterations: int = 0  # the run's iterations (of every block, for methods with blocks): schedules' length
 
 
 @dataclass
@@ -150,6 +156,14 @@ class DistillationMethod:
     def work_units(self) -> int:
         """Independent loss terms of one image step under ``Sharding.DATA`` (``losses`` gets their indices)."""
         return 1
+
+    def blocks(self) -> list[Block] | None:
+        """The blocks of the set, in order (None: the whole set is one parametrization)."""
+        return None
+
+    def init_block(self, block: Block) -> Parametrization:
+        """The initial parametrization of ``block`` (its classes' images only); methods with blocks define it."""
+        raise NotImplementedError(f"method {self.name!r} declares blocks but no init_block")
 
     def init_synthetic(self) -> Parametrization:
         """The initial parametrization of ``context.ipc`` images per class (identical on every process)."""

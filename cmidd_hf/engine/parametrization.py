@@ -30,12 +30,16 @@ def class_sorted_labels(num_classes: int, per_class: int) -> torch.Tensor:
 class Parametrization(nn.Module):
     """Base class: ``num_classes`` classes, ``rows_per_class`` stored rows each, class-sorted.
 
-    Subclasses define :meth:`decode` and register their learnable tensors as parameters.
+    Subclasses define :meth:`decode` and register their learnable tensors as parameters. ``classes`` arguments
+    are positions 0..num_classes-1; the labels ``decode`` returns are the dataset's class ids, which differ
+    from the positions when the parametrization holds one block of the set (:mod:`cmidd_hf.engine.blocks`).
+    ``label_classes`` is the size of the label space (the dataset's number of classes).
     """
 
-    def __init__(self, num_classes: int, rows_per_class: int) -> None:
+    def __init__(self, num_classes: int, rows_per_class: int, label_classes: int | None = None) -> None:
         super().__init__()
         self.num_classes, self.rows_per_class = num_classes, rows_per_class
+        self.label_classes = num_classes if label_classes is None else label_classes
 
     def rows_of(self, classes: Sequence[int]) -> torch.Tensor:
         """Indices (dim 0 of every per-class tensor) of the stored rows of ``classes``."""
@@ -65,14 +69,21 @@ class Parametrization(nn.Module):
 
 
 class PixelParametrization(Parametrization):
-    """Full-resolution pixels in normalized space, ``ipc`` per class, hard labels; decode is the identity."""
+    """Full-resolution pixels in normalized space, ``ipc`` per class, hard labels; decode is the identity.
 
-    def __init__(self, images: torch.Tensor, num_classes: int) -> None:
+    ``class_ids`` (default 0..num_classes-1) are the labels of the classes in order, for a block of a larger
+    set whose label space has ``label_classes`` classes."""
+
+    def __init__(self, images: torch.Tensor, num_classes: int, class_ids: Sequence[int] | None = None,
+                 label_classes: int | None = None) -> None:
         if len(images) % num_classes:
             raise ValueError(f"{len(images)} images do not split into {num_classes} classes of equal size")
-        super().__init__(num_classes, len(images) // num_classes)
+        super().__init__(num_classes, len(images) // num_classes, label_classes)
         self.images = nn.Parameter(images.detach().clone().float())
-        self.register_buffer("labels", class_sorted_labels(num_classes, self.rows_per_class))
+        ids = torch.arange(num_classes) if class_ids is None else torch.as_tensor(list(class_ids), dtype=torch.long)
+        if len(ids) != num_classes:
+            raise ValueError(f"{len(ids)} class_ids for {num_classes} classes")
+        self.register_buffer("labels", ids[class_sorted_labels(num_classes, self.rows_per_class)])
 
     @classmethod
     def from_real(cls, store: RealImageStore, ipc: int, seed: int) -> PixelParametrization:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..data.loading import ImageClassificationData, RealImageStore
@@ -70,10 +71,12 @@ def _evaluate(
     compile: bool,
     progress: bool,
     description: str,
+    teacher: nn.Module | None = None,
 ) -> EvaluationResult:
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    trainer = NetworkTrainer(arch, test.num_classes, test.image_shape, protocol, device, precision, compile)
+    trainer = NetworkTrainer(arch, test.num_classes, test.image_shape, protocol, device, precision, compile,
+                             teacher=teacher)
     seeds = [seed + r for r in range(runs)]
     accuracies, val_accuracies = [], []
     with tqdm(total=runs * protocol.epochs, desc=description, unit="epoch", disable=not progress,
@@ -104,10 +107,12 @@ def evaluate_synthetic(
     precision: str = "auto",
     compile: bool = True,
     progress: bool = True,
+    teacher: nn.Module | None = None,
 ) -> EvaluationResult:
     """Train ``runs`` fresh ``arch`` networks on (images, labels) and report last-epoch test accuracy.
 
-    ``images`` are normalized like ``test_data``. ``epochs``/``augmentation`` override the protocol preset.
+    ``images`` are normalized like ``test_data``. ``epochs``/``augmentation`` override the protocol preset;
+    ``teacher`` is the network a ``kd`` protocol distills from (its labels are then not used by the loss).
     """
     if images.shape[1:] != torch.Size(test_data.image_shape):
         raise ValueError(f"images are {tuple(images.shape[1:])} but test images are {test_data.image_shape}")
@@ -117,16 +122,16 @@ def evaluate_synthetic(
     train_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_set = TensorSet(images, labels, train_device)
     return _evaluate(lambda _seed: train_set, len(train_set), test_data, arch, protocol, runs, seed, validation,
-                     train_device, precision, compile, progress, f"eval {arch}")
+                     train_device, precision, compile, progress, f"eval {arch}", teacher)
 
 
 def _evaluate_baseline(data: ImageClassificationData, make_train_set, train_size: int, arch: str,
                        protocol: str | EvalProtocol, runs: int, seed: int, epochs: int | None,
                        augmentation: str | None, device, precision: str, compile: bool, progress: bool,
-                       description: str) -> EvaluationResult:
+                       description: str, teacher: nn.Module | None = None) -> EvaluationResult:
     protocol = get_protocol(protocol, epochs=epochs, augmentation=augmentation)
     return _evaluate(make_train_set, train_size, data.test, arch, protocol, runs, seed, data.validation, device,
-                     precision, compile, progress, description)
+                     precision, compile, progress, description, teacher)
 
 
 def evaluate_random_subset(
@@ -143,6 +148,7 @@ def evaluate_random_subset(
     precision: str = "auto",
     compile: bool = True,
     progress: bool = True,
+    teacher: nn.Module | None = None,
 ) -> EvaluationResult:
     """Baseline: a fresh random class-balanced subset of ``ipc`` real images per class for each run."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -152,7 +158,7 @@ def evaluate_random_subset(
         return TensorSet(data.train.images(positions), data.train.labels[positions], device)
 
     return _evaluate_baseline(data, subset, ipc * data.num_classes, arch, protocol, runs, seed, epochs,
-                              augmentation, device, precision, compile, progress, f"random ipc{ipc} {arch}")
+                              augmentation, device, precision, compile, progress, f"random ipc{ipc} {arch}", teacher)
 
 
 def evaluate_whole_dataset(
@@ -168,12 +174,13 @@ def evaluate_whole_dataset(
     precision: str = "auto",
     compile: bool = True,
     progress: bool = True,
+    teacher: nn.Module | None = None,
 ) -> EvaluationResult:
     """Baseline: train on the whole training split with the same protocol (lower ``epochs`` for big sets)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_set = StoreSet(data.train, None, device)
     return _evaluate_baseline(data, lambda _seed: train_set, len(train_set), arch, protocol, runs, seed, epochs,
-                              augmentation, device, precision, compile, progress, f"whole set {arch}")
+                              augmentation, device, precision, compile, progress, f"whole set {arch}", teacher)
 
 
 def evaluate_architectures(

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..data.augment import DiffAugment, cutmix
+from ..data.augment import DiffAugment, cutmix, mixup
 from ..data.loading import RealImageStore
 from ..engine.cpu_memory import reuse_freed_memory
 from ..engine.precision import autocast, resolve_precision
@@ -102,7 +101,10 @@ class NetworkTrainer:
         device: torch.device | str | None = None,
         precision: str = "auto",
         compile: bool = False,
+        teacher: nn.Module | None = None,
     ) -> None:
+        if protocol.requires_teacher and teacher is None:
+            raise ValueError(f"protocol {protocol.name!r} trains against a teacher's outputs: pass teacher=")
         self.arch, self.num_classes, self.image_shape, self.protocol = arch, num_classes, image_shape, protocol
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
@@ -111,18 +113,22 @@ class NetworkTrainer:
         self.model = self._fresh(seed=0).to(self.device, memory_format=self.memory_format)
         self.forward = torch.compile(self.model) if compile else self.model
         self.augment = DiffAugment(protocol.augmentation, mode=protocol.augmentation_mode)
+        self.teacher = None
+        if protocol.requires_teacher:
+            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
 
     def _fresh(self, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_network(self.arch, self.num_classes, self.image_shape[0], self.image_shape[1:])
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's logits under autocast. Every architecture built on ``FeatureClassifier`` shares one
-        ``forward`` code object, so dynamo's per-code recompile limit (8) is raised here: evaluating several
-        architectures (x train/eval, x last partial batch) must not silently fall back to eager."""
+    def _run(self, x: torch.Tensor, network: nn.Module | None = None) -> torch.Tensor:
+        """The network's (or ``network``'s) logits under autocast. Every architecture built on
+        ``FeatureClassifier`` shares one ``forward`` code object, so dynamo's per-code recompile limit (8) is
+        raised here: evaluating several architectures (x train/eval, x last partial batch) must not silently
+        fall back to eager."""
         with autocast(self.device, self.precision), torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return self.forward(x)
+            return (self.forward if network is None else network)(x)
 
     def reset(self, seed: int) -> None:
         """Give the persistent module the exact initialization a newly built network of ``seed`` has."""
@@ -134,9 +140,8 @@ class NetworkTrainer:
         self.reset(seed)
         self.model.train()
         generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=p.lr, momentum=p.momentum,
-                                    weight_decay=p.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, p.milestone_epochs(), gamma=p.gamma)
+        optimizer = p.make_optimizer(self.model.parameters())
+        scheduler = p.make_scheduler(optimizer)
         with reuse_freed_memory(self.device.type == "cpu"):
             self._epochs(train_set, optimizer, scheduler, generator, progress)
 
@@ -153,13 +158,20 @@ class NetworkTrainer:
                 if self.augment.enabled:
                     x = self.augment(x, generator)
                 partner, lam = None, 1.0
+                if p.mixup_alpha > 0:
+                    x, partner, lam = mixup(x, y, p.mixup_alpha, generator)
                 if p.cutmix_prob > 0 and float(torch.rand((), generator=generator)) < p.cutmix_prob:
                     x, partner, lam = cutmix(x, y, generator)
                 x = x.contiguous(memory_format=self.memory_format)
                 logits = self._run(x).float()
-                loss = F.cross_entropy(logits, y)
-                if partner is not None:
-                    loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner)
+                if self.teacher is not None:  # the teacher labels the batch the student sees, mixed or not
+                    with torch.no_grad():
+                        teacher_logits = self._run(x, self.teacher).float()
+                    loss = p.loss(logits, y, teacher_logits)
+                else:
+                    loss = p.loss(logits, y)
+                    if partner is not None:
+                        loss = lam * loss + (1.0 - lam) * p.loss(logits, partner)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
