@@ -25,6 +25,7 @@ import timm
 from huggingface_hub.errors import HfHubHTTPError
 
 from cmidd_hf import evaluate_random_subset, evaluate_synthetic, load_image_classification
+from cmidd_hf.artifacts.resolver import ArtifactError
 from cmidd_hf.cli.arguments import check_can_push
 from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
@@ -73,6 +74,21 @@ def load_source(args, kind: str) -> tuple[SyntheticSet, object]:
     return synthetic, data
 
 
+def resolve_teacher(args, synthetic, data):
+    """The kd teacher: ``--teacher``, else the one the set's card records (its folder or Hub name)."""
+    import yaml
+
+    from cmidd_hf.artifacts.proxies import ProxyPool
+
+    spec = args.teacher or ((synthetic.distillation.get("evaluation") or {}).get("teacher") or {}).get("name")
+    if not spec:
+        raise ConfigError(f"--protocol {args.protocol} trains against a teacher and the set's card records none; "
+                          "pass --teacher (a timm name, hf-hub:, local-dir: or '{train: {...}}')")
+    if spec.lstrip().startswith("{"):
+        spec = yaml.safe_load(spec)
+    return ProxyPool.from_pretrained([spec], data, cache_dir=args.teacher_cache_dir, dataset_id=data.name)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="folder, Hub repo id, .pt file or image folder")
@@ -85,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baseline", action="store_true", help="also random real subsets of the same IPC")
+    parser.add_argument("--teacher", default=None, help="teacher of a kd protocol: a timm name, hf-hub:, local-dir: "
+                                                        "or '{train: {...}}' (default: the one the card records)")
+    parser.add_argument("--teacher_cache_dir", default="outputs/proxy-cache", help="where a train: teacher goes")
     space = parser.add_mutually_exclusive_group()
     space.add_argument("--normalized", action="store_true", help=".pt tensors are normalized (research repos)")
     space.add_argument("--pixels", action="store_true", help=".pt tensors are [0, 1] pixels")
@@ -121,14 +140,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    augmentation = default_augmentation(data.name) if args.protocol != "idc" else None
+    protocol = get_protocol(args.protocol)
+    augmentation = default_augmentation(data.name, protocol.augmentation) \
+        if protocol.augmentation and args.protocol != "idc" else None
+    teacher = None
+    if protocol.requires_teacher:
+        try:
+            teacher = resolve_teacher(args, synthetic, data)
+        except (ConfigError, ArtifactError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     overrides = (synthetic.distillation.get("evaluation") or {}).get("overrides") or {}
     if overrides:  # what the method learned (MTT: the step size) replaces the protocol's setting
         print("replaying the set's evaluation settings: "
               + ", ".join(f"{k} {v:.6g} (learned by the method)" for k, v in overrides.items()))
     options = dict(protocol=get_protocol(args.protocol, **overrides), runs=args.runs, seed=args.seed,
                    epochs=args.epochs, augmentation=augmentation, precision=args.precision,
-                   compile=not args.no_compile)
+                   compile=not args.no_compile, teacher=teacher)
     if synthetic.transform is not None:  # the set lives in its experts' ZCA space: so must the test data
         data = data.with_transform(synthetic.transform)
         print(f"test data ZCA-whitened with the set's transform (sha256 {synthetic.transform.sha256[:12]})")

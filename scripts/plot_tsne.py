@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     panels = {}
     for title, synthetic in zip(titles, sets, strict=True):
         images = synthetic.renormalized(data.mean, data.std).images
-        panels[title] = (images, synthetic.labels)
+        panels[title] = (images, synthetic.hard_labels)
     with torch.no_grad():
         path = plot_tsne(panels, real, pool[0], args.output, class_names=data.class_names, seed=args.seed)
     print(f"wrote {path}")

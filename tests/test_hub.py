@@ -175,7 +175,7 @@ def test_pt_export_import_round_trips_and_reads_the_research_layouts(tmp_path):
     torch.save(synthetic.images, tmp_path / "images_best.pt")  # MTT: separate files, soft labels allowed
     torch.save(torch.nn.functional.one_hot(synthetic.labels, 10).float(), tmp_path / "labels_best.pt")
     mtt = load_pt(tmp_path / "images_best.pt", labels_path=tmp_path / "labels_best.pt", normalized=True, **common)
-    assert torch.equal(mtt.labels, synthetic.labels)
+    assert mtt.soft and torch.equal(mtt.hard_labels, synthetic.labels)  # soft rows kept, argmax = the class
     bare = load_pt(tmp_path / "images_best.pt", normalized=True, **common)  # class-sorted layout
     assert torch.equal(bare.labels, synthetic.labels)
     with pytest.raises(DataError, match="say whether the tensors are normalized"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -171,14 +172,18 @@ def blockwise(mnist, out, iterations=3, interrupt=None, seen=None):
 
 def test_blocks_stream_to_disk_and_an_interrupted_run_resumes_bit_identically(mnist, tmp_path):
     seen = []
-    straight_images, straight_labels = blockwise(mnist, tmp_path / "a", seen=seen).run()
+    straight = blockwise(mnist, tmp_path / "a", seen=seen)
+    straight.run()
+    straight_images, straight_labels = straight.load()
     assert seen == [0, 1]
     assert not (tmp_path / "a" / "blocks" / "block-00000").exists()  # the block's work folder is gone
     assert straight_labels.tolist() == [c for c in range(10) for _ in range(2)]
     with pytest.raises(KeyboardInterrupt):
         blockwise(mnist, tmp_path / "b", interrupt=(1, 2)).run()
     assert shard_path(tmp_path / "b" / "blocks", class_blocks(10, 2, 5, 2)[0]).exists()
-    resumed_images, resumed_labels = blockwise(mnist, tmp_path / "b").run(resume=True)
+    resumed = blockwise(mnist, tmp_path / "b")
+    resumed.run(resume=True)
+    resumed_images, resumed_labels = resumed.load()
     assert torch.equal(straight_images, resumed_images) and torch.equal(straight_labels, resumed_labels)
     records = [yaml.safe_load(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["block"] for r in records] == [0, 1] and all("bn_loss" in r for r in records)
@@ -187,7 +192,9 @@ def test_blocks_stream_to_disk_and_an_interrupted_run_resumes_bit_identically(mn
 
 
 def test_read_blocks_sorts_by_class_in_block_order(mnist, tmp_path):
-    images, labels = blockwise(mnist, tmp_path).run()
+    distiller = blockwise(mnist, tmp_path)
+    distiller.run()
+    images, labels = distiller.load()
     again = read_blocks(tmp_path / "blocks", class_blocks(10, 2, 5, 2), mnist.mean, mnist.std)
     assert torch.equal(images, again[0]) and torch.equal(labels, again[1])
 
@@ -302,3 +309,69 @@ def test_recipe_writes_the_set_with_the_teacher_and_the_kd_baseline(tmp_path, ti
     assert block["baselines"][0]["protocol"] == "kd"
     pixels = loaded.denormalized() * 255  # the set is what its uint8 shards hold
     assert float((pixels - pixels.round()).abs().max()) < 1e-3
+    # the evaluation script replays kd with the teacher the card records
+    spec = importlib.util.spec_from_file_location("evaluate_synthetic", ROOT / "scripts" / "evaluate_synthetic.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(tmp_path / "out" / "r"), "--protocol", "kd", "--runs", "1", "--epochs", "1",
+                        "--no_compile", "--teacher_cache_dir", str(tmp_path / "unused")]) == 0
+    soft_set(load_image_classification("mnist-5k")).save(tmp_path / "no-teacher")
+    assert script.main([str(tmp_path / "no-teacher"), "--protocol", "kd", "--dataset", "mnist-5k"]) == 2
+
+
+# ------------------------------------------------------------------------------------------ soft labels
+
+
+def soft_set(mnist, n_per_class=2):
+    from cmidd_hf.hub.synthetic_set import SyntheticSet
+
+    positions = mnist.train.balanced_subset(n_per_class, torch.Generator().manual_seed(0))
+    images = mnist.train.images(positions)
+    torch.manual_seed(1)
+    true = mnist.train.labels[positions]
+    labels = F.softmax(torch.randn(len(images), 10) + 4 * F.one_hot(true, 10), dim=1)  # peaked at the class
+    return SyntheticSet(images, labels, mnist.class_names, mnist.mean, mnist.std, {"method": "test"})
+
+
+def test_soft_labels_round_trip_through_save_load_and_pt_export(mnist, tmp_path):
+    from cmidd_hf.hub.interop import export_pt, load_pt
+    from cmidd_hf.hub.synthetic_set import load_synthetic
+
+    synthetic = soft_set(mnist)
+    synthetic.save(tmp_path / "set")
+    loaded = load_synthetic(str(tmp_path / "set"))
+    assert loaded.soft and torch.equal(loaded.labels, synthetic.labels)
+    assert loaded.distillation["labels"] == "soft" and loaded.ipc == 2
+    from datasets import load_dataset
+
+    rows = load_dataset(str(tmp_path / "set"), split="train")
+    assert rows["label"] == synthetic.labels.argmax(1).tolist()  # plain datasets users see the argmax class
+    export_pt(loaded, tmp_path / "set.pt")
+    again = load_pt(tmp_path / "set.pt")
+    assert again.soft and torch.equal(again.labels, synthetic.labels)
+    with pytest.raises(ValueError, match="sum to 1"):
+        type(synthetic)(synthetic.images, synthetic.labels * 2, mnist.class_names, mnist.mean, mnist.std)
+
+
+def test_one_hot_soft_labels_train_the_same_network_as_class_indices(mnist):
+    from cmidd_hf import evaluate_synthetic
+
+    synthetic = soft_set(mnist)
+    hard = synthetic.hard_labels
+    options = dict(protocol="dc", epochs=3, runs=1, compile=False, precision="fp32", progress=False)
+    by_index = evaluate_synthetic(synthetic.images, hard, mnist.test, **options)
+    by_row = evaluate_synthetic(synthetic.images, F.one_hot(hard, 10).float(), mnist.test, **options)
+    soft = evaluate_synthetic(synthetic.images, synthetic.labels, mnist.test, **options)
+    assert by_index.accuracies == pytest.approx(by_row.accuracies, abs=1e-3)
+    assert soft.accuracies != by_index.accuracies  # the soft rows are what the network learned from
+
+
+def test_static_soft_labels_are_the_teachers_probabilities(mnist):
+    method = make_sre2l(mnist, soft_labels="static", label_temperature=2.0)
+    images = mnist.train.images(torch.arange(7))
+    labels = method.final_labels(images, torch.zeros(7, dtype=torch.long))
+    with torch.no_grad():
+        expected = F.softmax(method.teacher(images) / 2.0, dim=1)
+    torch.testing.assert_close(labels, expected)
+    hard = make_sre2l(mnist).final_labels(images, torch.arange(7))
+    assert torch.equal(hard, torch.arange(7))

@@ -228,8 +228,11 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         distiller = BlockwiseDistiller(accelerator, method, regularizer, run.iterations, folder.root, identity,
                                        data.mean, data.std, checkpoint_every=run.checkpoint_every,
                                        keep_checkpoints=run.keep_checkpoints, log_every=run.log_every)
-        images, labels = distiller.run(resume=bool(run.resume_from_checkpoint))
+        distiller.run(resume=bool(run.resume_from_checkpoint))
+        images, labels = distiller.load()
         parametrization, condensed = distiller.describe(), None
+    labels = method.final_labels(images, labels)
+    hard_labels = labels.argmax(dim=1) if labels.dim() == 2 else labels  # the CMI groups by class
 
     results = []
     for arch in ev.eval_archs:
@@ -250,7 +253,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
 
     summary: dict = {}
     if accelerator.is_main_process:
-        cmi = set_cmi(pool, images, labels, cmi_args.cmi_space, data.num_classes) if pool is not None else None
+        cmi = set_cmi(pool, images, hard_labels, cmi_args.cmi_space, data.num_classes) if pool is not None else None
         if cmi is not None:
             initial = f"{initial_cmi:.4f} initial -> " if initial_cmi is not None else ""
             accelerator.print(f"class-aware CMI of the set (mean over {len(pool)} proxies): {initial}{cmi:.4f} "

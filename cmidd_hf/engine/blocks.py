@@ -216,8 +216,9 @@ class BlockwiseDistiller:
             raise ResumeError("cannot resume: the blocks or iterations per block changed since the run started; "
                               "use the same settings or another output_dir")
 
-    def run(self, resume: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distill every unfinished block of this process; returns the whole set (every process)."""
+    def run(self, resume: bool = False) -> None:
+        """Distill every unfinished block of this process (memory: one block at a time); the set is then on
+        disk, block by block (:meth:`load` reads it back)."""
         from .distill import Distiller, checkpoints
 
         acc = self.accelerator
@@ -255,4 +256,7 @@ class BlockwiseDistiller:
             for block in self.blocks:
                 self.log_record({**shard_record(shard_path(self.root, block)), "event": "block", "block": block.index,
                                  "step": self.iterations})
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole finished set (normalized images, labels), class-sorted, from its shards."""
         return read_blocks(self.root, self.blocks, self.mean, self.std)

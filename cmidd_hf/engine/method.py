@@ -17,6 +17,7 @@ subclass registered by name. The engine (:class:`cmidd_hf.engine.distill.Distill
   state, saved with every checkpoint so that resuming is bit-exact;
 * :meth:`~DistillationMethod.evaluation_overrides` — protocol settings the method learned (MTT: the step
   size), used by every evaluation and recorded in the card so that a user of the set replays them;
+* :meth:`~DistillationMethod.final_labels` — the labels the finished set is saved with ([N] or soft [N, C]);
 * :meth:`~DistillationMethod.blocks` / :meth:`~DistillationMethod.init_block` — a partition of the set into
   blocks distilled one after another, each from its own initialization with its own optimizer, owned by one
   process and streamed to disk when done (:mod:`cmidd_hf.engine.blocks`; SRe2L). The default (None) is the
@@ -203,6 +204,11 @@ class DistillationMethod:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"method {self.name!r} has no state but the checkpoint holds {sorted(state)}")
+
+    def final_labels(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The labels the finished set is saved and evaluated with: class indices [N] as distilled (default),
+        or soft labels [N, C] (SRe2L ``soft_labels: static``: the teacher's probabilities)."""
+        return labels
 
     def evaluation_overrides(self) -> dict[str, Any]:
         """Evaluation-protocol fields the method sets from what it learned, e.g. ``{"lr": 0.012}`` (MTT)."""

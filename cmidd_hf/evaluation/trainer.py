@@ -38,7 +38,7 @@ class EpochStats:
 
     epoch: int  # 1-based
     loss_sum: torch.Tensor  # summed cross-entropy over the epoch's images (CutMix: the mixed loss)
-    correct: torch.Tensor  # images whose top-1 prediction is their own label
+    correct: torch.Tensor  # images whose top-1 prediction is their own (hard, or argmax of the soft) label
     images: int
 
     @property
@@ -54,11 +54,13 @@ class EpochStats:
 
 
 class TensorSet:
-    """A small training set held as one normalized tensor."""
+    """A small training set held as one normalized tensor, with class indices [N] or soft labels [N, C] (the
+    cross-entropy of hard-label protocols then takes the probability rows as its targets)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, device) -> None:
         self.images = images.detach().to(device, torch.float32)
-        self.labels = labels.detach().to(device).long()
+        labels = labels.detach().to(device)
+        self.labels = labels.float() if labels.dim() == 2 else labels.long()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -176,7 +178,7 @@ class NetworkTrainer:
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.detach() * len(y)
-                correct += (logits.detach().argmax(dim=1) == y).sum()
+                correct += (logits.detach().argmax(dim=1) == (y.argmax(dim=1) if y.dim() == 2 else y)).sum()
             scheduler.step()
             if progress is not None:
                 progress(EpochStats(epoch, loss_sum, correct, n))

@@ -119,12 +119,11 @@ def load_pt(
                             "of a class count that divides the image count (class-sorted layout)")
         labels = torch.arange(len(names)).repeat_interleave(len(images) // len(names))
     labels = torch.as_tensor(labels)
-    if labels.dim() == 2:  # soft labels: keep the hard label, the only kind this library trains with
-        labels = labels.argmax(dim=1)
-    labels = labels.long()
+    labels = labels.float() if labels.dim() == 2 else labels.long()  # soft labels [N, C] are kept
     if not names:
-        names = [str(c) for c in range(int(labels.max()) + 1)]
+        names = [str(c) for c in range(labels.shape[1] if labels.dim() == 2 else int(labels.max()) + 1)]
     if factor > 1:
+        labels = labels.argmax(dim=1) if labels.dim() == 2 else labels  # condensed sets carry class indices
         order = torch.argsort(labels, stable=True)
         pixels = images[order] if not normalized else images[order] * torch.tensor(std).view(1, -1, 1, 1) + \
             torch.tensor(mean).view(1, -1, 1, 1)
@@ -153,7 +152,7 @@ def export_imagefolder(synthetic: SyntheticSet, path: str | os.PathLike) -> Path
         width = max(3, len(str(synthetic.num_classes - 1)))
         arrays = to_uint8_images(synthetic.images, synthetic.mean, synthetic.std)
         counters = [0] * synthetic.num_classes
-        for array, label in zip(arrays, synthetic.labels.tolist(), strict=True):
+        for array, label in zip(arrays, synthetic.hard_labels.tolist(), strict=True):
             folder = staging / f"{label:0{width}d}_{_safe(synthetic.class_names[label])}"
             folder.mkdir(exist_ok=True)
             PILImage.fromarray(array).save(folder / f"{counters[label]:05d}.png")

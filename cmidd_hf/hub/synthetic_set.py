@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Array3D, ClassLabel, Dataset, Features, Image, load_dataset
+from datasets import Array3D, ClassLabel, Dataset, Features, Image, Sequence, Value, load_dataset
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
@@ -38,7 +38,8 @@ class SyntheticSet:
 
     Attributes:
         images: [N, C, H, W] float32 in normalized space (``(pixel - mean) / std``), exact.
-        labels: [N] int64 class indices into ``class_names``.
+        labels: [N] int64 class indices into ``class_names``, or soft labels [N, len(class_names)] (float32
+            probability rows, e.g. a teacher's outputs); saved as ``label`` (the argmax) plus ``soft_label``.
         class_names: names of all classes (also those without images).
         mean, std: per-channel normalization of ``images``.
         distillation: the card's block for this config: method, regularizer, ipc, ..., ``results``,
@@ -67,14 +68,17 @@ class SyntheticSet:
 
     def __post_init__(self) -> None:
         self.images = torch.as_tensor(self.images).detach().cpu().float().contiguous()
-        self.labels = torch.as_tensor(self.labels).detach().cpu().long()
+        labels = torch.as_tensor(self.labels).detach().cpu()
+        self.labels = labels.float().contiguous() if labels.dim() == 2 else labels.long()
         self.class_names = [str(n) for n in self.class_names]
         self.mean, self.std = tuple(float(m) for m in self.mean), tuple(float(s) for s in self.std)
         if self.images.dim() != 4:
             raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
-        if self.labels.shape != self.images.shape[:1]:
+        if self.labels.shape[:1] != self.images.shape[:1] or self.labels.dim() > 2:
             raise ValueError(f"{len(self.images)} images but labels of shape {tuple(self.labels.shape)}")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+        if self.soft:
+            check_soft_labels(self.labels, len(self.class_names))
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)) and not self.soft:
             raise ValueError(f"labels must lie in [0, {len(self.class_names)}) for {len(self.class_names)} "
                              f"class names, got [{int(self.labels.min())}, {int(self.labels.max())}]")
         if len(self.mean) != self.images.shape[1] or len(self.std) != self.images.shape[1]:
@@ -94,9 +98,19 @@ class SyntheticSet:
         return tuple(self.images.shape[1:])
 
     @property
+    def soft(self) -> bool:
+        """Whether the labels are probability rows [N, C]."""
+        return self.labels.dim() == 2
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        """Class indices [N] (the argmax of soft labels)."""
+        return self.labels.argmax(dim=1) if self.soft else self.labels
+
+    @property
     def ipc(self) -> int | None:
-        """Images per class when every class has the same number, else None."""
-        counts = torch.bincount(self.labels, minlength=self.num_classes)
+        """Images per class (by hard label) when every class has the same number, else None."""
+        counts = torch.bincount(self.hard_labels, minlength=self.num_classes)
         return int(counts[0]) if len(counts) and bool((counts == counts[0]).all()) else None
 
     @property
@@ -136,17 +150,22 @@ class SyntheticSet:
         self.distillation[kind] = kept + entries
 
     def to_dataset(self) -> Dataset:
-        """The rows as a ``datasets.Dataset``: image (PNG), label (ClassLabel), pixel_values (float32)."""
-        features = Features({"image": Image(), "label": ClassLabel(names=self.class_names),
-                             "pixel_values": Array3D(self.image_shape, "float32")})
-        return Dataset.from_dict({"image": list(to_uint8_images(self.viewable(), self.mean, self.std)),
-                                  "label": self.labels.tolist(), "pixel_values": self.images.numpy()},
-                                 features=features)
+        """The rows as a ``datasets.Dataset``: image (PNG), label (ClassLabel), pixel_values (float32), and
+        soft_label (float32 [C]) for a set with soft labels."""
+        features = {"image": Image(), "label": ClassLabel(names=self.class_names),
+                    "pixel_values": Array3D(self.image_shape, "float32")}
+        columns = {"image": list(to_uint8_images(self.viewable(), self.mean, self.std)),
+                   "label": self.hard_labels.tolist(), "pixel_values": self.images.numpy()}
+        if self.soft:
+            features[SOFT_LABEL] = Sequence(Value("float32"), length=self.num_classes)
+            columns[SOFT_LABEL] = self.labels.numpy()
+        return Dataset.from_dict(columns, features=Features(features))
 
     def _block(self) -> dict:
         block = dict(self.distillation)
         block.setdefault("ipc", self.ipc)
         block.setdefault("image_size", list(self.image_shape))
+        block["labels"] = "soft" if self.soft else "hard"
         block["normalization"] = {"mean": list(self.mean), "std": list(self.std)}
         return block
 
@@ -169,7 +188,7 @@ class SyntheticSet:
                                     len(self.labels))
         prefix = asset_prefix(self.config_name)
         with tempfile.TemporaryDirectory() as tmp:
-            grid = save_grid(self.viewable(), self.labels, self.mean, self.std, Path(tmp) / GRID)
+            grid = save_grid(self.viewable(), self.hard_labels, self.mean, self.std, Path(tmp) / GRID)
             files = {f"{prefix}{GRID}": grid}
             if self.condensed is not None:
                 files[f"{prefix}{CONDENSED}"] = save_condensed(self.condensed, Path(tmp) / CONDENSED)
@@ -208,6 +227,18 @@ class SyntheticSet:
                                          f"{self.distillation.get('method', 'synthetic')})")
             return api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="dataset",
                                      commit_message=message)
+
+
+SOFT_LABEL = "soft_label"
+
+
+def check_soft_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Soft labels are rows of ``num_classes`` non-negative probabilities summing to 1."""
+    if labels.shape[1] != num_classes:
+        raise ValueError(f"soft labels have {labels.shape[1]} columns for {num_classes} class names")
+    if not bool(torch.isfinite(labels).all()) or bool((labels < 0).any()) or \
+            not torch.allclose(labels.sum(1), torch.ones(len(labels)), atol=1e-3):
+        raise ValueError("soft labels must be finite, non-negative rows that sum to 1")
 
 
 def check_repo_id(repo_id: str, field: str = "repo_id") -> None:
@@ -297,6 +328,8 @@ def load_synthetic(
     labels = torch.as_tensor(np.asarray(ds.with_format("numpy")[label_column][:], dtype=np.int64))
     class_names = list(label_feature.names) if isinstance(label_feature, ClassLabel) else \
         [str(c) for c in range(int(labels.max()) + 1)]
+    if SOFT_LABEL in ds.features:
+        labels = ds.with_format("torch", columns=[SOFT_LABEL])[SOFT_LABEL][:].float()
     sources = (card.source_datasets if card is not None else None) or []
     norm = block.get("normalization") or {}
     mean = mean or norm.get("mean")

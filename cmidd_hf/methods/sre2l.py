@@ -71,6 +71,10 @@ class SRe2LConfig(MethodConfig):
         "help": "random-resized crop (scale 0.08-1) each step, as the ImageNet recover"})
     beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.9, metadata={"help": "Adam beta2"})
+    soft_labels: str = field(default="none", metadata={
+        "help": "none: hard labels (a kd evaluation relabels online with the recorded teacher); static: save the "
+                "teacher's probabilities at label_temperature as soft labels [N, C]", "choices": ["none", "static"]})
+    label_temperature: float = field(default=1.0, metadata={"help": "temperature of static soft labels"})
     classes_per_block: int = field(default=100, metadata={"help": "classes in one block (capped at the dataset's)"})
     images_per_block: int = field(default=1, metadata={
         "help": "images of each class in one block (>= 2 with the CMI term: one image per class has CMI 0)"})
@@ -96,6 +100,10 @@ class SRe2LConfig(MethodConfig):
         if self.r_bn < 0 or self.first_bn_multiplier < 0:
             raise MethodConfigError(f"r_bn={self.r_bn}, first_bn_multiplier={self.first_bn_multiplier}: "
                                     "must be >= 0")
+        if self.soft_labels not in ("none", "static"):
+            raise MethodConfigError(f"soft_labels={self.soft_labels!r}: choose none or static")
+        if not self.label_temperature > 0:
+            raise MethodConfigError(f"label_temperature={self.label_temperature}: must be > 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise MethodConfigError(f"beta1={self.beta1}, beta2={self.beta2}: must be in [0, 1)")
 
@@ -266,6 +274,18 @@ class SRe2L(DistillationMethod):
         with torch.no_grad():
             for parameter in synthetic.parameters():
                 parameter.copy_(torch.maximum(torch.minimum(parameter, self.high), self.low))
+
+    @torch.no_grad()
+    def final_labels(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``soft_labels: static``: softmax(teacher(x) / label_temperature) of every image (un-augmented)."""
+        if self.config.soft_labels == "none":
+            return labels
+        rows = []
+        for start in range(0, len(images), 500):
+            with autocast(self.device, self.precision):
+                logits = self.teacher(images[start:start + 500].to(self.device)).float()
+            rows.append(F.softmax(logits / self.config.label_temperature, dim=1).cpu())
+        return torch.cat(rows)
 
     def regularizer_draw(self, step: int, substep: int) -> tuple[int, ...]:
         """Proxies drawn per (block, step), so blocks do not all see the same proxy sequence."""
