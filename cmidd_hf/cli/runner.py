@@ -110,25 +110,20 @@ def check_block_run(recipe: DistillRecipe, blocks: list[Block]) -> None:
 
 
 def evaluation_teacher(recipe: DistillRecipe, data: ImageClassificationData, artifacts: MethodArtifacts,
-                       accelerator: Accelerator) -> torch.nn.Module:
-    """The teacher a ``kd`` protocol distills from: ``eval_teacher`` (resolved as a proxy), else the method's."""
+                       accelerator: Accelerator) -> tuple[torch.nn.Module, dict]:
+    """The teacher a ``kd`` protocol distills from — ``eval_teacher`` (resolved as a proxy), else the method's —
+    and its provenance (name, path or repo, sha256), which the card records so that a user of the set (and
+    ``scripts/evaluate_synthetic.py``) relabels with the same one."""
     spec = recipe.evaluation.eval_teacher
     if spec:
         with accelerator.main_process_first():
-            return ProxyPool.from_pretrained([spec], data, cache_dir=recipe.cmi.proxy_cache_dir,
-                                             dataset_id=recipe.data.dataset, progress=accelerator.is_main_process)[0]
+            pool = ProxyPool.from_pretrained([spec], data, cache_dir=recipe.cmi.proxy_cache_dir,
+                                             dataset_id=recipe.data.dataset, progress=accelerator.is_main_process)
+        return pool[0], dict(pool.provenance[0])
     if "teacher" in artifacts.items:
-        return artifacts.items["teacher"]
+        return artifacts.items["teacher"], dict(artifacts.provenance.get("teacher") or {})
     raise ConfigError(f"eval_protocol={recipe.evaluation.eval_protocol} trains against a teacher but the method has "
                       "none; set eval_teacher (a timm name, hf-hub:, local-dir: or a train: spec)")
-
-
-def teacher_provenance(recipe: DistillRecipe, artifacts: MethodArtifacts) -> dict:
-    """What the card records of the evaluation's teacher, so a user of the set relabels with the same one."""
-    if recipe.evaluation.eval_teacher:
-        spec = recipe.evaluation.eval_teacher
-        return {"spec": spec if isinstance(spec, str) else dict(spec)}
-    return dict(artifacts.provenance.get("teacher") or {})
 
 
 def run_distillation(recipe: DistillRecipe) -> dict:
@@ -168,7 +163,8 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     if blocks is not None:
         check_block_run(recipe, blocks)
     eval_protocol = get_protocol(ev.eval_protocol)
-    teacher = evaluation_teacher(recipe, data, artifacts, accelerator) if eval_protocol.requires_teacher else None
+    teacher, teacher_record = (evaluation_teacher(recipe, data, artifacts, accelerator)
+                               if eval_protocol.requires_teacher else (None, None))
 
     pool = None
     if cmi_args.proxies:
@@ -273,7 +269,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
             "artifacts": artifacts.provenance or None,
             "transform": None if artifacts.transform is None else artifacts.transform.describe(),
             "evaluation": {"protocol": ev.eval_protocol, "overrides": method.evaluation_overrides(),
-                           **({"teacher": teacher_provenance(recipe, artifacts)} if teacher is not None else {})},
+                           **({"teacher": teacher_record} if teacher is not None else {})},
             "ipc": ipc, "iterations": run.iterations, "seed": run.seed,
             "image_size": list(data.image_shape),
             "normalization": {"mean": list(data.mean), "std": list(data.std)},
