@@ -10,7 +10,8 @@
 
 SOURCE is a folder written by cmidd-hf (or any Hub-layout image dataset), a Hub dataset repo id, a ``.pt`` file
 of the DC/DSA/DM, IDC or MTT repos (say whether its tensors are ``--normalized`` or ``--pixels`` in [0, 1]), or
-an image folder with one sub-folder per class (SRe2L / DD-Ranking style). ``--update-card`` records the results
+an image folder with one sub-folder per class (SRe2L / DD-Ranking style). ``--dd_ranking`` (with ``--protocol
+kd``) adds DD-Ranking's IOR and HLR (:mod:`cmidd_hf.evaluation.dd_ranking`). ``--update-card`` records the results
 in the set's card (a folder is rewritten in place; a repo is re-pushed with ``--push``); ``--save DIR`` writes an
 imported set, with its results, as a Hub-layout folder.
 """
@@ -24,13 +25,14 @@ from pathlib import Path
 import timm
 from huggingface_hub.errors import HfHubHTTPError
 
-from cmidd_hf import evaluate_random_subset, evaluate_synthetic, load_image_classification
+from cmidd_hf import evaluate_random_subset, evaluate_synthetic, evaluate_whole_dataset, load_image_classification
 from cmidd_hf.artifacts.resolver import ArtifactError
-from cmidd_hf.cli.arguments import check_can_push
+from cmidd_hf.cli.arguments import add_streaming_arguments, check_can_push
 from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.precision import PRECISIONS
+from cmidd_hf.evaluation.dd_ranking import DDRankingScores, dd_ranking_scores
 from cmidd_hf.evaluation.protocols import PROTOCOLS, get_protocol
 from cmidd_hf.hub.interop import load_imagefolder, load_pt
 from cmidd_hf.hub.synthetic_set import SyntheticSet, load_synthetic
@@ -56,11 +58,13 @@ def load_source(args, kind: str) -> tuple[SyntheticSet, object]:
         dataset = args.dataset or synthetic.source
         if dataset is None:
             raise DataError(f"{args.source} does not name its source dataset; pass --dataset")
-        data = load_image_classification(dataset, config_name=args.dataset_config)
+        data = load_image_classification(dataset, config_name=args.dataset_config, in_memory=args.in_memory,
+                                         num_workers=args.num_workers)
     else:
         if args.dataset is None:
             raise DataError(f"--dataset is needed to evaluate a {kind} source (the real data it was distilled from)")
-        data = load_image_classification(args.dataset, config_name=args.dataset_config)
+        data = load_image_classification(args.dataset, config_name=args.dataset_config, in_memory=args.in_memory,
+                                         num_workers=args.num_workers)
         common = dict(class_names=data.class_names, mean=data.mean, std=data.std, source=args.dataset)
         if kind == "pt":
             normalized = True if args.normalized else (False if args.pixels else None)
@@ -89,12 +93,48 @@ def resolve_teacher(args, synthetic, data):
     return ProxyPool.from_pretrained([spec], data, cache_dir=args.teacher_cache_dir, dataset_id=data.name)[0]
 
 
+def check_dd_ranking_arguments(args) -> None:
+    """Refuse a DD-Ranking request that could not be computed fairly, before any training."""
+    if not get_protocol(args.protocol).requires_teacher:
+        raise ConfigError(f"--dd_ranking: IOR compares the set and a random real subset under the same relabelling; "
+                          f"--protocol {args.protocol} uses the stored labels: use --protocol kd (or kd_imagenet)")
+    if get_protocol(args.hard_protocol).requires_teacher:
+        raise ConfigError(f"--hard_protocol {args.hard_protocol} relabels with a teacher; HLR needs a hard-label "
+                          "protocol (dsa, dc, idc, mtt)")
+    if args.full_runs < 1 or (args.full_epochs is not None and args.full_epochs < 1):
+        raise ConfigError(f"--full_runs={args.full_runs} / --full_epochs={args.full_epochs}: both must be >= 1")
+    if args.full_accuracy is not None and not (0 <= args.full_accuracy <= 100 and args.full_source):
+        raise ConfigError(f"--full_accuracy={args.full_accuracy}: give a percentage in 0..100 and say where it was "
+                          "measured with --full_source")
+
+
+def dd_ranking(args, train_set: SyntheticSet, data, results: list, baselines: list,
+               options: dict) -> list[DDRankingScores]:
+    """DD-Ranking's IOR (from the kd results and baselines) and HLR (two hard-label evaluations) per architecture."""
+    hard = get_protocol(args.hard_protocol)
+    hard_options = dict(options, protocol=hard, teacher=None, augmentation=default_augmentation(
+        data.name, hard.augmentation) if hard.augmentation and args.hard_protocol != "idc" else None)
+    scores = []
+    for result, baseline in zip(results, baselines, strict=True):
+        on_set = evaluate_synthetic(train_set.images, train_set.hard_labels, data.test, arch=result.arch,
+                                    **hard_options)
+        if args.full_accuracy is not None:
+            full, source = args.full_accuracy / 100, args.full_source
+        else:
+            full = evaluate_whole_dataset(data, arch=result.arch, **dict(hard_options, runs=args.full_runs,
+                                                                          epochs=args.full_epochs))
+            source = None
+        scores.append(dd_ranking_scores(result, baseline, on_set, full, source))
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="folder, Hub repo id, .pt file or image folder")
     parser.add_argument("--config", default=None, help="dataset config of a folder/repo with several (e.g. ipc50)")
     parser.add_argument("--dataset", default=None, help="real dataset (default: the card's source dataset)")
     parser.add_argument("--dataset_config", default=None)
+    add_streaming_arguments(parser)
     parser.add_argument("--arch", nargs="+", default=["convnet3"])
     parser.add_argument("--protocol", default="dsa", choices=sorted(PROTOCOLS))
     parser.add_argument("--runs", type=int, default=5)
@@ -104,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", default=None, help="teacher of a kd protocol: a timm name, hf-hub:, local-dir: "
                                                         "or '{train: {...}}' (default: the one the card records)")
     parser.add_argument("--teacher_cache_dir", default="outputs/proxy-cache", help="where a train: teacher goes")
+    ranking = parser.add_argument_group("DD-Ranking scores (with a kd --protocol)")
+    ranking.add_argument("--dd_ranking", action="store_true", help="also report IOR (set vs random real subset, "
+                         "both relabelled by the teacher) and HLR (whole training set vs set, hard labels)")
+    ranking.add_argument("--hard_protocol", default="dsa", choices=sorted(PROTOCOLS), help="HLR's hard-label protocol")
+    ranking.add_argument("--full_runs", type=int, default=1, help="networks trained on the whole training set")
+    ranking.add_argument("--full_epochs", type=int, default=None, help="their epochs (default: the protocol's)")
+    ranking.add_argument("--full_accuracy", type=float, default=None, help="instead, a whole-set accuracy in %% "
+                         "measured elsewhere under --hard_protocol; requires --full_source")
+    ranking.add_argument("--full_source", default=None, help="where --full_accuracy comes from (command, CPU kind)")
     space = parser.add_mutually_exclusive_group()
     space.add_argument("--normalized", action="store_true", help=".pt tensors are normalized (research repos)")
     space.add_argument("--pixels", action="store_true", help=".pt tensors are [0, 1] pixels")
@@ -131,11 +180,16 @@ def main(argv: list[str] | None = None) -> int:
             check_can_push(args.source)
         if args.runs < 1 or (args.epochs is not None and args.epochs < 1):
             raise ConfigError(f"--runs={args.runs} / --epochs={args.epochs}: both must be >= 1")
+        if args.dd_ranking:
+            check_dd_ranking_arguments(args)
         unknown = [arch for arch in args.arch if not timm.is_model(arch)]
         if unknown:
             raise ConfigError(f"--arch: unknown architecture(s) {unknown}; use cmidd_hf's (convnet3, alexnet_cifar, "
                               "vgg11_cifar, resnet18_cifar, ...) or any timm model")
         synthetic, data = load_source(args, kind)
+        if args.dd_ranking and synthetic.ipc is None:
+            raise ConfigError("--dd_ranking: the set has unequal images per class, so no random real subset of the "
+                              "same IPC can be drawn for IOR")
     except (ConfigError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -166,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [evaluate_synthetic(train_set.images, train_set.labels, data.test, arch=arch, **options)
                for arch in args.arch]
     baselines = []
-    if args.baseline:
+    if args.baseline or args.dd_ranking:
         if synthetic.ipc is None:
             print("no baseline: the set has unequal images per class", file=sys.stderr)
         else:
@@ -182,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     synthetic.record_results(results)
     if baselines:
         synthetic.record_results(baselines, kind="baselines")
+    if args.dd_ranking and baselines:
+        scores = dd_ranking(args, train_set, data, results, baselines, options)
+        print("\nDD-Ranking:")
+        for score in scores:
+            print(f"  {score}")
+        synthetic.record_dd_ranking(scores)
     if args.update_card and kind == "folder":
         synthetic.save(args.source)
         print(f"updated the card of {args.source}")

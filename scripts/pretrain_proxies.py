@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cmidd_hf.artifacts.proxies import ProxyTrainingSpec, push_proxy, save_proxy, train_proxy
-from cmidd_hf.cli.arguments import check_can_push
+from cmidd_hf.cli.arguments import add_streaming_arguments, check_can_push
 from cmidd_hf.cli.runner import configure_logging
 from cmidd_hf.data.loading import load_image_classification
 from cmidd_hf.engine.errors import ConfigError
@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--dataset_config", default=None)
+    add_streaming_arguments(parser)
     parser.add_argument("--arch", default=ProxyTrainingSpec.arch)
     parser.add_argument("--count", type=int, default=ProxyTrainingSpec.count)
     parser.add_argument("--epochs", type=int, default=ProxyTrainingSpec.epochs)
@@ -51,7 +52,8 @@ def main() -> None:
     spec = ProxyTrainingSpec.from_mapping({k: getattr(args, k) for k in (
         "arch", "count", "epochs", "lr", "momentum", "weight_decay", "batch_size", "seed")})
     configure_logging()
-    data = load_image_classification(args.dataset, config_name=args.dataset_config)
+    data = load_image_classification(args.dataset, config_name=args.dataset_config, in_memory=args.in_memory,
+                                     num_workers=args.num_workers)
     out_root = args.output_dir or Path("proxies") / f"{data.name}-{args.arch}"
     for index in range(spec.count):
         with logging_redirect_tqdm():  # epoch lines above the bar, not glued to it

@@ -22,7 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cmidd_hf.artifacts.experts import ExpertRecipe, push_experts, train_experts
 from cmidd_hf.artifacts.resolver import ArtifactError
-from cmidd_hf.cli.arguments import check_can_push
+from cmidd_hf.cli.arguments import add_streaming_arguments, check_can_push
 from cmidd_hf.cli.runner import configure_logging
 from cmidd_hf.data.errors import DataError
 from cmidd_hf.data.loading import load_image_classification
@@ -37,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--dataset_config", default=None)
+    add_streaming_arguments(parser)
     parser.add_argument("--arch", default=defaults.arch)
     parser.add_argument("--num_experts", type=int, default=defaults.num_experts)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> Path:
     recipe = ExpertRecipe.from_mapping({name: getattr(args, name) for name in RECIPE_FIELDS})
     if args.push_to_hub:
         check_can_push(args.push_to_hub)
-    data = load_image_classification(args.dataset, config_name=args.dataset_config)
+    data = load_image_classification(args.dataset, config_name=args.dataset_config, in_memory=args.in_memory,
+                                     num_workers=args.num_workers)
     folder = args.output_dir or Path("experts") / f"{data.name}-{recipe.arch}{'-zca' if recipe.zca else ''}"
     with logging_redirect_tqdm():  # one line per expert above the bar
         train_experts(recipe, data, folder, args.dataset, compile=not args.no_compile)

@@ -56,6 +56,24 @@ def test_channel_conversion_and_resize():
     assert data.image_shape == (1, 12, 12) and data.test is None
 
 
+def test_photos_of_other_shapes_are_covered_then_center_cropped_not_squashed():
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)  # H 8, W 16
+    tall = rng.integers(0, 256, (12, 6, 3), dtype=np.uint8)
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    train = Dataset.from_dict({"image": [wide, tall], "label": [0, 1]}, features=features)
+    for in_memory in (True, False):
+        data = load_image_classification(DatasetDict({"train": train}), test_split=None, image_size=4,
+                                         in_memory=in_memory)
+        got = data.train.uint8(torch.arange(2)).permute(0, 2, 3, 1).numpy()
+        # ImageNet's Resize(shorter side) + CenterCrop, done by hand with PIL
+        want_wide = np.asarray(PILImage.fromarray(wide).resize((8, 4), PILImage.BILINEAR))[:, 2:6]
+        want_tall = np.asarray(PILImage.fromarray(tall).resize((4, 8), PILImage.BILINEAR))[2:6]
+        assert np.array_equal(got[0], want_wide) and np.array_equal(got[1], want_tall)
+
+
 def test_arrow_backed_store_matches_in_memory():
     train, _ = tiny_rgb()
     dsd = DatasetDict({"train": train, "test": train})
@@ -64,6 +82,42 @@ def test_arrow_backed_store_matches_in_memory():
     idx = torch.tensor([5, 0, 11])
     assert torch.equal(memory.train.uint8(idx), arrow.train.uint8(idx))
     assert memory.mean == arrow.mean
+
+
+def test_streamed_store_decodes_in_workers_in_the_callers_order():
+    train, pixels = tiny_rgb(n_per_class=10)
+    dsd = DatasetDict({"train": train, "test": train})
+    memory = load_image_classification(dsd)
+    streamed = load_image_classification(dsd, in_memory=False, num_workers=2)
+    assert streamed.train.streamed and not memory.train.streamed and streamed.train.num_workers == 2
+    assert load_image_classification(dsd, num_workers=2).train.num_workers == 0  # in memory: nothing to decode
+    chunks = list(torch.randperm(30, generator=torch.Generator().manual_seed(0)).split(7))
+    got = list(streamed.train.batches(chunks))
+    want = list(memory.train.batches(chunks))
+    assert len(got) == len(want) == 5
+    for (x, y), (x_ref, y_ref), chunk in zip(got, want, chunks, strict=True):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref) and torch.equal(y, memory.train.labels[chunk])
+    assert streamed.validation is None and streamed.train.subset(torch.arange(3)).num_workers == 2
+    with pytest.raises(DataError, match="num_workers=-1"):
+        load_image_classification(dsd, in_memory=False, num_workers=-1)
+
+
+def test_training_on_a_streamed_store_matches_the_in_memory_one():
+    """Teacher / proxy / whole-set training reads a streamed store through DataLoader workers: same network."""
+    from cmidd_hf.evaluation.protocols import get_protocol
+    from cmidd_hf.evaluation.trainer import NetworkTrainer, StoreSet
+
+    train, _ = tiny_rgb(n_per_class=20, size=16)
+    dsd = DatasetDict({"train": train, "test": train})
+    protocol = get_protocol("dsa", epochs=2, batch_size=16)
+    states, accuracies = [], []
+    for data in (load_image_classification(dsd), load_image_classification(dsd, in_memory=False, num_workers=2)):
+        trainer = NetworkTrainer("convnet3", 3, data.image_shape, protocol, "cpu", precision="fp32")
+        trainer.train(StoreSet(data.train, None, "cpu"), seed=0)
+        states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        accuracies.append(trainer.accuracy(data.test, batch_size=16))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert accuracies[0] == accuracies[1]
 
 
 def test_seeded_class_balanced_sampling_and_validation_split():

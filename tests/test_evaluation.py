@@ -143,3 +143,27 @@ def test_epoch_stats_are_the_loss_and_accuracy_over_the_training_set(mnist):
     for s in stats:
         assert s.loss == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
         assert s.accuracy == pytest.approx(float((logits.argmax(dim=1) == labels).float().mean()))
+
+
+def test_dd_ranking_scores_against_hand_computed_values():
+    from cmidd_hf.evaluation.dd_ranking import dd_ranking_scores
+    from cmidd_hf.evaluation.evaluate import EvaluationResult
+
+    def result(accuracies, protocol):
+        return EvaluationResult("convnet3", protocol, 1, accuracies, list(range(len(accuracies))), 100)
+
+    soft, random = result([0.80, 0.70], "kd"), result([0.75, 0.72], "kd")
+    hard = result([0.50, 0.60], "dsa")
+    paired = dd_ranking_scores(soft, random, hard, result([0.90, 0.92], "dsa"))
+    assert (paired.improvement_over_random, paired.improvement_over_random_std) == pytest.approx((1.5, 3.5))
+    assert (paired.hard_label_recovery, paired.hard_label_recovery_std) == pytest.approx((36.0, 4.0))
+    once = dd_ranking_scores(soft, random, hard, result([0.91], "dsa"))  # one whole-set run serves every round
+    assert (once.hard_label_recovery, once.hard_label_recovery_std, once.full_accuracy) == pytest.approx((36, 5, 91))
+    given = dd_ranking_scores(soft, random, hard, 0.93, "DSA paper, Table 1")
+    assert given.hard_label_recovery == pytest.approx(38.0) and given.full_source == "DSA paper, Table 1"
+    with pytest.raises(ValueError, match="provenance"):
+        dd_ranking_scores(soft, random, hard, 0.93)
+    with pytest.raises(ValueError, match="same hard-label protocol"):
+        dd_ranking_scores(soft, random, hard, result([0.9, 0.9], "dc"))
+    with pytest.raises(ValueError, match="rounds must pair up"):
+        dd_ranking_scores(soft, result([0.7], "kd"), hard, 0.9, "x")

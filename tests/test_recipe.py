@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import yaml
 from datasets import load_dataset
@@ -168,20 +169,30 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
     assert dataset in EMBEDDED_DATASETS or dataset in FASHION_MNIST_NAMES or (
         dataset.count("/") == 1 and known_stats(dataset) is not None), dataset
     # every proxy resolves without the network: a training plan (trained once, cached) or a local folder; a
-    # Hub repo named by a shipped preset would 404 for users until someone publishes it
-    for spec in expand_specs(recipe.cmi.proxies):
+    # Hub repo named by a shipped preset would 404 for users until someone publishes it, unless it is one of
+    # timm's published pre-trained weights (ImageNet presets)
+    published = set(timm.list_pretrained())
+
+    def resolves(spec) -> bool:
         if isinstance(spec, dict):
-            assert set(spec) == {"train"}, spec
-            ProxyTrainingSpec.from_mapping(spec["train"])
-        else:
-            assert spec.startswith("local-dir:") and Path(spec.removeprefix("local-dir:")).is_dir(), spec
+            return set(spec) == {"train"} and ProxyTrainingSpec.from_mapping(spec["train"]) is not None
+        if spec.startswith("hf-hub:timm/"):
+            return spec.removeprefix("hf-hub:timm/") in published
+        return spec.startswith("local-dir:") and Path(spec.removeprefix("local-dir:")).is_dir()
+
+    for spec in expand_specs(recipe.cmi.proxies):
+        assert resolves(spec), spec
     # so do a trajectory-matching preset's experts (a training plan; validate() checked it covers the epochs)
     if method == "mtt":
         assert set(recipe.method.experts) == {"train"}, recipe.method.experts
         assert ExpertRecipe.from_mapping(recipe.method.experts["train"]).zca == recipe.method.zca
-    if method == "sre2l":  # and a recover preset's teacher (a BN architecture, trained once and cached)
-        assert set(recipe.method.teacher) == {"train"}, recipe.method.teacher
-        assert ProxyTrainingSpec.from_mapping(recipe.method.teacher["train"]).arch.endswith("_bn")
+    if method == "sre2l":  # and a recover preset's teacher (a BN architecture: trained once and cached, or timm's)
+        teacher = recipe.method.teacher
+        assert resolves(teacher), teacher
+        arch = (teacher.removeprefix("hf-hub:timm/").split(".")[0] if isinstance(teacher, str) else
+                ProxyTrainingSpec.from_mapping(teacher["train"]).arch)
+        network = timm.create_model(arch, num_classes=10)
+        assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in network.modules()), arch
 
 
 @pytest.mark.parametrize(

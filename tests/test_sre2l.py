@@ -313,8 +313,23 @@ def test_recipe_writes_the_set_with_the_teacher_and_the_kd_baseline(tmp_path, ti
     spec = importlib.util.spec_from_file_location("evaluate_synthetic", ROOT / "scripts" / "evaluate_synthetic.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.main([str(tmp_path / "out" / "r"), "--protocol", "kd", "--runs", "1", "--epochs", "1",
-                        "--no_compile", "--teacher_cache_dir", str(tmp_path / "unused")]) == 0
+    # with DD-Ranking's scores: IOR from the kd results, HLR from the set and the whole set under dsa
+    assert script.main([str(tmp_path / "out" / "r"), "--protocol", "kd", "--runs", "2", "--epochs", "1",
+                        "--no_compile", "--teacher_cache_dir", str(tmp_path / "unused"), "--dd_ranking",
+                        "--full_epochs", "1", "--update-card"]) == 0
+    card = load_synthetic(str(tmp_path / "out" / "r")).distillation
+    kd = next(r for r in card["results"] if r["epochs"] == 1)
+    random_kd = next(r for r in card["baselines"] if r["epochs"] == 1)
+    (score,) = card["dd_ranking"]
+    ior = [100 * (a - b) for a, b in zip(kd["accuracies"], random_kd["accuracies"], strict=True)]
+    assert score["improvement_over_random"] == pytest.approx(sum(ior) / 2)
+    assert score["improvement_over_random_std"] == pytest.approx(abs(ior[0] - ior[1]) / 2)
+    assert (score["soft_protocol"], score["hard_protocol"]) == ("kd", "dsa")
+    assert score["full_source"] == "1 run(s) x 1 epochs here" and 0 < score["full_accuracy"] <= 100
+    assert "DD-Ranking scores" in (tmp_path / "out" / "r" / "README.md").read_text()
+    for bad in (["--protocol", "dsa", "--dd_ranking"], ["--protocol", "kd", "--dd_ranking", "--full_accuracy", "90"],
+                ["--protocol", "kd", "--dd_ranking", "--hard_protocol", "kd"]):
+        assert script.main([str(tmp_path / "out" / "r"), *bad]) == 2
     soft_set(load_image_classification("mnist-5k")).save(tmp_path / "no-teacher")
     assert script.main([str(tmp_path / "no-teacher"), "--protocol", "kd", "--dataset", "mnist-5k"]) == 2
 

@@ -36,6 +36,25 @@ class DataArguments:
     validation_per_class: int = field(default=0, metadata={
         "help": "hold out this many training images per class (never distilled from) and report the final "
                 "networks' accuracy on them: choose λ on these, never on the test split"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "resize every image to this square size (cover, then center crop); needed for photos of varying "
+                "size such as ImageNet's (224)"})
+    in_memory: bool = field(default=True, metadata={
+        "help": "decode every image into memory once (fast, small data); false: keep them in Arrow and decode "
+                "each batch when read (ImageNet scale)"})
+    num_workers: int = field(default=0, metadata={
+        "help": "with in_memory false: DataLoader worker processes that decode the batches of evaluation and "
+                "teacher/proxy training ahead of the step"})
+
+
+def add_streaming_arguments(parser) -> None:
+    """``--in_memory`` / ``--num_workers`` (as in the recipes' data arguments) for the argparse scripts."""
+    from transformers.hf_argparser import string_to_bool
+
+    parser.add_argument("--in_memory", type=string_to_bool, default=True, metavar="{true,false}",
+                        help=DataArguments.__dataclass_fields__["in_memory"].metadata["help"])
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help=DataArguments.__dataclass_fields__["num_workers"].metadata["help"])
 
 
 @dataclass
@@ -189,7 +208,7 @@ def validate(recipe: DistillRecipe) -> None:
         if value < 1:
             raise ConfigError(f"{name}={value}: must be >= 1")
     for name, value in (("iterations", run.iterations), ("checkpoint_every", run.checkpoint_every),
-                        ("validation_per_class", data.validation_per_class),
+                        ("validation_per_class", data.validation_per_class), ("num_workers", data.num_workers),
                         ("eval_every", ev.eval_every), ("keep_checkpoints", run.keep_checkpoints)):
         if value < 0:
             raise ConfigError(f"{name}={value}: must be >= 0")
@@ -197,6 +216,8 @@ def validate(recipe: DistillRecipe) -> None:
         if not 0 <= step < run.iterations:
             raise ConfigError(f"eval_at={step}: must be an iteration in 0..{run.iterations - 1} (the final set is "
                               f"always evaluated); drop it or raise iterations")
+    if data.image_size is not None and data.image_size < 1:
+        raise ConfigError(f"image_size={data.image_size}: must be >= 1 (or unset to keep the images' size)")
     if run.threads_per_process is not None and run.threads_per_process < 1:
         raise ConfigError(f"threads_per_process={run.threads_per_process}: must be >= 1 (or unset)")
     if cmi.cmi_weight < 0:

@@ -145,7 +145,8 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     data = load_image_classification(
         data_args.dataset, config_name=data_args.dataset_config, image_column=data_args.image_column,
         label_column=data_args.label_column, train_split=data_args.train_split, test_split=data_args.test_split,
-        validation_per_class=data_args.validation_per_class, seed=run.seed)
+        validation_per_class=data_args.validation_per_class, seed=run.seed, image_size=data_args.image_size,
+        in_memory=data_args.in_memory, num_workers=data_args.num_workers)
     smallest = min(data.train.class_count(c) for c in range(data.num_classes))
     if ipc > smallest:
         raise ConfigError(f"ipc={ipc} exceeds the {smallest} training images of the smallest class of "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ KNOWN_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tiny_imagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 _ALIASES = {
     "mnist": "mnist", "mnist-5k": "mnist", "mnist_5k": "mnist",
@@ -43,6 +45,7 @@ _ALIASES = {
     "cifar100": "cifar100", "cifar-100": "cifar100",
     "tiny-imagenet": "tiny_imagenet", "tiny_imagenet": "tiny_imagenet", "tinyimagenet": "tiny_imagenet",
     "tiny-imagenet-200": "tiny_imagenet",
+    "imagenet-1k": "imagenet", "imagenet_1k": "imagenet", "imagenet": "imagenet", "ilsvrc2012": "imagenet",
 }
 _LABEL_NAME_PREFERENCE = ("label", "labels", "fine_label")
 
@@ -169,19 +172,24 @@ def find_columns(features, image_column: str | None = None, label_column: str | 
 
 
 def _to_array(image: PILImage.Image, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """``image`` in ``mode`` as [H, W, C] uint8; with ``size`` (H, W): scaled to cover it, then center-cropped
+    (ImageNet's Resize + CenterCrop, so a non-square photo is not squashed; a square one is simply resized)."""
     image = image.convert(mode)
     if size is not None and image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), PILImage.BILINEAR)
+        width, height = image.size
+        scale = max(size[1] / width, size[0] / height)
+        covered = (max(size[1], round(width * scale)), max(size[0], round(height * scale)))
+        image = image.resize(covered, PILImage.BILINEAR)
+        left, top = (covered[0] - size[1]) // 2, (covered[1] - size[0]) // 2
+        image = image.crop((left, top, left + size[1], top + size[0]))
     array = np.asarray(image, dtype=np.uint8)
     return array[:, :, None] if array.ndim == 2 else array
 
 
-def _decode_rows(ds: Dataset, column: str, rows, mode: str, size) -> np.ndarray:
-    """Decode ``rows`` of ``column`` to an [n, H, W, C] uint8 array, naming the row of an unreadable image."""
-    raw = ds.cast_column(column, Image(decode=False))
+def _decode_items(items: list[dict], rows, column: str, mode: str, size) -> np.ndarray:
+    """Undecoded image cells (``{"bytes", "path"}``) of ``rows`` -> [n, H, W, C] uint8, naming a bad row."""
     arrays = []
-    for row in rows:
-        item = raw[int(row)][column]
+    for row, item in zip(rows, items, strict=True):
         try:
             if item["bytes"] is not None:
                 image = PILImage.open(io.BytesIO(item["bytes"]))
@@ -191,6 +199,13 @@ def _decode_rows(ds: Dataset, column: str, rows, mode: str, size) -> np.ndarray:
         except Exception as err:  # PIL raises several types for corrupt data
             raise DataError(f"unreadable image in column {column!r}, row {int(row)}: {err}") from err
     return np.stack(arrays) if arrays else np.zeros((0, *(size or (0, 0)), len(mode)), np.uint8)
+
+
+def _decode_rows(ds: Dataset, column: str, rows, mode: str, size) -> np.ndarray:
+    """Decode ``rows`` of ``column`` to an [n, H, W, C] uint8 array, naming the row of an unreadable image."""
+    rows = [int(r) for r in rows]
+    raw = ds.cast_column(column, Image(decode=False))
+    return _decode_items(raw[rows][column] if rows else [], rows, column, mode, size)
 
 
 def _decode_all(ds: Dataset, column: str, mode: str, size) -> np.ndarray:
@@ -222,14 +237,30 @@ class _TensorSource(_ImageSource):
 
 
 class _ArrowSource(_ImageSource):
-    """Decodes on demand from the Arrow table; memory holds only the requested batch."""
+    """Decodes on demand from the Arrow table (one batched read per request); memory holds only the batch."""
 
     def __init__(self, ds: Dataset, column: str, mode: str, size: tuple[int, int]) -> None:
-        self.ds, self.column, self.mode, self.size = ds, column, mode, size
+        self.raw, self.column, self.mode, self.size = ds.cast_column(column, Image(decode=False)), column, mode, size
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         rows = indices.reshape(-1).tolist()
-        return torch.from_numpy(_decode_rows(self.ds, self.column, rows, self.mode, self.size)).permute(0, 3, 1, 2)
+        items = self.raw[rows][self.column] if rows else []
+        # contiguous NCHW, as the in-memory store: a channels-last view would pick other conv kernels (other bits)
+        pixels = _decode_items(items, rows, self.column, self.mode, self.size)
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+class _PositionBatches(torch.utils.data.Dataset):
+    """Item ``i``: the uint8 images and labels of the ``i``-th chunk of store positions, decoded in a worker."""
+
+    def __init__(self, store: RealImageStore, chunks: list[torch.Tensor]) -> None:
+        self.store, self.chunks = store, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.store.uint8(self.chunks[i]), self.store.labels[self.chunks[i]]
 
 
 # --------------------------------------------------------------------------------------------- store
@@ -239,7 +270,8 @@ class RealImageStore:
     """Class-indexed real images: uint8 storage, normalized on the fly, seeded class-balanced sampling.
 
     ``transform`` (e.g. :class:`cmidd_hf.data.transforms.ZCAWhitening`) is applied after normalization to every
-    image the store hands out; ``denormalize`` undoes it first."""
+    image the store hands out; ``denormalize`` undoes it first. ``num_workers`` > 0 decodes the batches of
+    :meth:`batches` in DataLoader worker processes (Arrow-backed stores); the order is always the caller's."""
 
     def __init__(
         self,
@@ -251,8 +283,9 @@ class RealImageStore:
         image_shape: tuple[int, int, int],
         indices: torch.Tensor | None = None,
         transform=None,
+        num_workers: int = 0,
     ) -> None:
-        self.transform = transform
+        self.transform, self.num_workers = transform, num_workers
         self.source = _TensorSource(source) if isinstance(source, torch.Tensor) else source
         self.all_labels = labels.long()
         self.indices = torch.arange(len(labels)) if indices is None else indices
@@ -270,12 +303,13 @@ class RealImageStore:
         """A store over some of this store's images (shares the decoded data)."""
         return RealImageStore(self.source, self.all_labels, self.num_classes, tuple(self.mean.flatten().tolist()),
                               tuple(self.std.flatten().tolist()), self.image_shape, self.indices[positions],
-                              self.transform)
+                              self.transform, self.num_workers)
 
     def with_transform(self, transform) -> RealImageStore:
         """The same images seen through ``transform`` (None: plain normalized)."""
         return RealImageStore(self.source, self.all_labels, self.num_classes, tuple(self.mean.flatten().tolist()),
-                              tuple(self.std.flatten().tolist()), self.image_shape, self.indices, transform)
+                              tuple(self.std.flatten().tolist()), self.image_shape, self.indices, transform,
+                              self.num_workers)
 
     def class_count(self, c: int) -> int:
         return len(self.class_positions[c])
@@ -296,6 +330,24 @@ class RealImageStore:
     def images(self, positions: torch.Tensor, device=None) -> torch.Tensor:
         images = self.normalize(self.uint8(positions), device)
         return images if self.transform is None else self.transform(images)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether images are decoded from Arrow on demand (``in_memory=False``) rather than held in memory."""
+        return isinstance(self.source, _ArrowSource)
+
+    def batches(self, chunks: list[torch.Tensor], device=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(normalized images on ``device``, labels) for each chunk of positions, in the given order; a streamed
+        store with ``num_workers`` decodes ahead in DataLoader workers, so decoding overlaps the training step."""
+        if self.streamed and self.num_workers > 0 and len(chunks) > 1:
+            loader = torch.utils.data.DataLoader(_PositionBatches(self, chunks), batch_size=None, shuffle=False,
+                                                 num_workers=self.num_workers, prefetch_factor=4)
+            pairs = iter(loader)
+        else:
+            pairs = (_PositionBatches(self, chunks)[i] for i in range(len(chunks)))
+        for images_u8, labels in pairs:
+            images = self.normalize(images_u8, device)
+            yield (images if self.transform is None else self.transform(images)), labels.to(device)
 
     def sample_positions(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` distinct random positions of class ``c``."""
@@ -392,13 +444,19 @@ def load_image_classification(
     validation_per_class: int = 0,
     seed: int = 0,
     in_memory: bool = True,
+    num_workers: int = 0,
 ) -> ImageClassificationData:
     """Load an image-classification dataset into class-indexed stores.
 
     Normalization: ``mean``/``std`` if given, else the known statistics of the dataset (by ``name`` or
     source id), else computed from the training split. ``validation_per_class`` images of every class are
     carved out of the training split (seeded) for model selection; the test split is never used for that.
+    ``in_memory=False`` keeps the images in Arrow (memory-mapped) and decodes each batch when it is read, in
+    ``num_workers`` DataLoader workers: what evaluation and teacher training need at ImageNet scale.
     """
+    if num_workers < 0:
+        raise DataError(f"num_workers={num_workers}; use 0 (decode in this process) or more")
+    workers = 0 if in_memory else num_workers
     dsd, folder = resolve_dataset(source, config_name)
     if name is None:
         name = str(source).rstrip("/").split("/")[-1] if isinstance(source, (str, os.PathLike)) else "dataset"
@@ -445,7 +503,7 @@ def load_image_classification(
     if len(mean) != image_shape[0] or len(std) != image_shape[0]:
         raise DataError(f"mean/std have {len(mean)}/{len(std)} values but images have {image_shape[0]} channels")
 
-    train = RealImageStore(train_source, train_labels, num_classes, mean, std, image_shape)
+    train = RealImageStore(train_source, train_labels, num_classes, mean, std, image_shape, num_workers=workers)
     validation = None
     if validation_per_class > 0:
         generator = torch.Generator().manual_seed(seed)
@@ -459,6 +517,6 @@ def load_image_classification(
         test_source, test_labels, test_shape = open_split(dsd[test_split])
         if test_shape != image_shape:
             raise DataError(f"test images are {test_shape} but train images are {image_shape}; set image_size")
-        test = RealImageStore(test_source, test_labels, num_classes, mean, std, image_shape)
+        test = RealImageStore(test_source, test_labels, num_classes, mean, std, image_shape, num_workers=workers)
     return ImageClassificationData(name, train, test, validation, class_names, tuple(mean), tuple(std),
                                    card_license(folder, dsd))

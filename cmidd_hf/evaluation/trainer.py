@@ -15,7 +15,7 @@ on CPU, freed activation memory is reused across steps instead of being page-fau
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -65,13 +65,17 @@ class TensorSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = idx.to(self.images.device)
-        return self.images[idx], self.labels[idx]
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The set in ``order``, ``batch_size`` at a time."""
+        order = order.to(self.images.device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            yield self.images[idx], self.labels[idx]
 
 
 class StoreSet:
-    """Training images decoded from a real-image store batch by batch (whole-dataset baseline)."""
+    """Training images read from a real-image store batch by batch (whole dataset, proxies, experts, teachers);
+    a streamed store decodes them in its DataLoader workers."""
 
     def __init__(self, store: RealImageStore, positions: torch.Tensor | None, device) -> None:
         self.store, self.device = store, device
@@ -80,9 +84,10 @@ class StoreSet:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = self.positions[idx]
-        return self.store.images(pos, self.device), self.store.labels[pos].to(self.device)
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The set in ``order``, ``batch_size`` at a time."""
+        positions = self.positions[order]
+        return self.store.batches(list(positions.split(batch_size)), self.device)
 
 
 # ------------------------------------------------------------------------------------------ the trainer
@@ -155,8 +160,7 @@ class NetworkTrainer:
             order = torch.randperm(n, generator=generator)
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), dtype=torch.long, device=self.device)
-            for start in range(0, n, p.batch_size):
-                x, y = train_set.batch(order[start:start + p.batch_size])
+            for x, y in train_set.batches(order, p.batch_size):
                 if self.augment.enabled:
                     x = self.augment(x, generator)
                 partner, lam = None, 1.0
@@ -189,9 +193,7 @@ class NetworkTrainer:
         self.model.eval()
         correct = 0
         with reuse_freed_memory(self.device.type == "cpu"):
-            for start in range(0, len(store), batch_size):
-                pos = torch.arange(start, min(start + batch_size, len(store)))
-                x = store.images(pos, self.device).contiguous(memory_format=self.memory_format)
-                pred = self._run(x).argmax(dim=1)
-                correct += int((pred.cpu() == store.labels[pos]).sum())
+            for x, labels in store.batches(list(torch.arange(len(store)).split(batch_size)), self.device):
+                pred = self._run(x.contiguous(memory_format=self.memory_format)).argmax(dim=1)
+                correct += int((pred == labels).sum())
         return correct / len(store)

@@ -184,6 +184,19 @@ def _describe(config: str, block: Mapping) -> str:
     return f"- `{config}`: " + ", ".join(parts)
 
 
+def dd_ranking_table(rows: list[tuple[str, dict]]) -> str:
+    """DD-Ranking's scores (IOR: gain over a random real subset under the same relabelling; HLR: gap to the whole
+    training set with hard labels), one row per config and architecture."""
+    lines = ["DD-Ranking scores (points; IOR higher is better, HLR lower is better):", "",
+             "| config | architecture | IOR | HLR | whole set (hard labels) |", "|---|---|---|---|---|"]
+    for config, r in rows:
+        lines.append(f"| {config} | {r['arch']} | {r['improvement_over_random']:+.2f} ± "
+                     f"{r['improvement_over_random_std']:.2f} ({r['soft_protocol']}) | {r['hard_label_recovery']:.2f} "
+                     f"± {r['hard_label_recovery_std']:.2f} ({r['hard_protocol']}) | {r['full_accuracy']:.2f} % "
+                     f"({r['full_source']}) |")
+    return "\n".join(lines)
+
+
 def card_body(card_data: DatasetCardData, repo_id: str | None = None) -> str:
     """The markdown body, rendered from the card's YAML (all configs)."""
     blocks: dict = card_data.to_dict().get("distillation") or {}
@@ -195,6 +208,9 @@ def card_body(card_data: DatasetCardData, repo_id: str | None = None) -> str:
     table = results_table(results, "distilled set") if results else "_No evaluation recorded yet._"
     if baselines:
         table += "\n\nBaselines (real images, same protocol):\n\n" + results_table(baselines, "real images")
+    ranking = [(c, r) for c, b in blocks.items() for r in b.get("dd_ranking") or []]
+    if ranking:
+        table += "\n\n" + dd_ranking_table(ranking)
     grids = "\n".join(f"![{c}: synthetic images, one row per class]({asset_prefix(c)}{GRID})" for c in blocks)
     first = next(iter(blocks), "default")
     config_arg = "" if first == "default" else f", config={first!r}"

@@ -149,6 +149,15 @@ class SyntheticSet:
         kept = [e for e in self.distillation.get(kind) or [] if (e["arch"], e["protocol"], e["epochs"]) not in keys]
         self.distillation[kind] = kept + entries
 
+    def record_dd_ranking(self, scores: Iterable) -> None:
+        """Add DD-Ranking scores (``DDRankingScores`` or their dicts) to ``distillation["dd_ranking"]``; an earlier
+        entry for the same architecture and protocols is replaced."""
+        entries = [plain(s.to_dict() if hasattr(s, "to_dict") else dict(s)) for s in scores]
+        key = lambda e: (e["arch"], e["soft_protocol"], e["hard_protocol"])  # noqa: E731
+        keys = {key(e) for e in entries}
+        kept = [e for e in self.distillation.get("dd_ranking") or [] if key(e) not in keys]
+        self.distillation["dd_ranking"] = kept + entries
+
     def to_dataset(self) -> Dataset:
         """The rows as a ``datasets.Dataset``: image (PNG), label (ClassLabel), pixel_values (float32), and
         soft_label (float32 [C]) for a set with soft labels."""
