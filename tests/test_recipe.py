@@ -141,6 +141,11 @@ def test_resume_latest_continues_and_refuses_a_changed_configuration(proxy_cache
 def test_config_defaults_cli_overrides_and_unknown_keys(tmp_path):
     recipe = parse_recipe(["--config", str(TINY), "--ipc", "3", "--cmi_weight", "0.5"], "dm")
     assert (recipe.synthetic.ipc, recipe.cmi.cmi_weight, recipe.method.batch_real) == (3, 0.5, 8)
+    # a list the config sets is emptied with `[]` (argparse's nargs="+" cannot take zero values)
+    fashion = ROOT / "recipes" / "configs" / "dm_cmi" / "fashion-mnist_ipc10.yaml"
+    assert parse_recipe(["--config", str(fashion)], "dm").evaluation.eval_at == [2000, 4000]
+    cleared = parse_recipe(["--config", str(fashion), "--eval_at", "[]", "--proxies=[]", "--ipc", "2"], "dm")
+    assert (cleared.evaluation.eval_at, cleared.cmi.proxies, cleared.synthetic.ipc) == ([], [], 2)
     assert recipe.run.method == "dm" and recipe.config == str(TINY)
     bad = tmp_path / "bad.yaml"
     bad.write_text("ipc: 2\nlearning_rate: 3\n")

@@ -35,15 +35,37 @@ def parse_args(
             raise ConfigError("--config needs a YAML file path")
         config_path = argv[i + 1]
         del argv[i:i + 2]
+    values = dict(defaults or {})
+    argv, cleared = _cleared_lists(argv, dataclass_types)
     parser = HfArgumentParser(list(dataclass_types))
     parser.add_argument("--config", default=None, help="YAML file of argument defaults (one key per argument); "
                         "command-line flags override it")
-    values = dict(defaults or {})
     if config_path is not None:
         values.update(read_config(config_path, dataclass_types))
+    values.update(cleared)
     parser.set_defaults(**values)
     parsed = parser.parse_args_into_dataclasses(args=argv)
     return list(parsed[:len(dataclass_types)]), str(config_path) if config_path is not None else None
+
+
+def _cleared_lists(argv: list[str], dataclass_types: Sequence[type]) -> tuple[list[str], dict]:
+    """``--name []`` (or ``--name=[]``) for a list argument: the empty list, which argparse's ``nargs="+"`` cannot
+    express (e.g. ``--eval_at []`` to drop a config's intermediate evaluations). Returns the remaining argv."""
+    list_fields = {f.name for t in dataclass_types for f in dataclasses.fields(t)
+                   if str(f.type).startswith(("list", "typing.List"))}
+    rest, cleared = [], {}
+    i = 0
+    while i < len(argv):
+        flag, _, inline = argv[i].partition("=")
+        name = flag.removeprefix("--").replace("-", "_")
+        value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+        if flag.startswith("--") and name in list_fields and value == "[]":
+            cleared[name] = []
+            i += 1 if inline else 2
+            continue
+        rest.append(argv[i])
+        i += 1
+    return rest, cleared
 
 
 def read_config(path: str | os.PathLike, dataclass_types: Sequence[type]) -> dict:

@@ -15,7 +15,7 @@ for run in sre2l-cmi-ipc10 sre2l-ipc10; do
   OMP_NUM_THREADS=1 python scripts/evaluate_synthetic.py "$OUT/$run" --protocol dsa --epochs 300 --runs 3 \
     --dataset fashion-mnist --update-card
 done
-python recipes/distill_dm.py --config recipes/configs/dm_cmi/fashion-mnist_ipc10.yaml --cmi_weight 0 --iterations 300 --eval_every 0 --eval_at \
+python recipes/distill_dm.py --config recipes/configs/dm_cmi/fashion-mnist_ipc10.yaml --cmi_weight 0 --iterations 300 --eval_every 0 --eval_at '[]' \
   --output_dir "$OUT" --run_name dm-ipc10-300 --threads_per_process 1 --proxy_cache_dir "$CACHE" --eval_runs 3 \
   --eval_epochs 300
 OMP_NUM_THREADS=1 python scripts/evaluate_synthetic.py "$OUT/dm-ipc10-300" --protocol kd --epochs 300 --runs 3 \
