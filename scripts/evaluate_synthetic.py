@@ -26,7 +26,7 @@ import timm
 from huggingface_hub.errors import HfHubHTTPError
 
 from cmidd_hf import evaluate_random_subset, evaluate_synthetic, evaluate_whole_dataset, load_image_classification
-from cmidd_hf.artifacts.resolver import ArtifactError
+from cmidd_hf.artifacts.resolver import ArtifactError, parse_spec
 from cmidd_hf.cli.arguments import add_streaming_arguments, check_can_push
 from cmidd_hf.data.augment import default_augmentation
 from cmidd_hf.data.errors import DataError
@@ -80,7 +80,6 @@ def load_source(args, kind: str) -> tuple[SyntheticSet, object]:
 
 def resolve_teacher(args, synthetic, data):
     """The kd teacher: ``--teacher``, else the one the set's card records (its folder or Hub name)."""
-    import yaml
 
     from cmidd_hf.artifacts.proxies import ProxyPool
 
@@ -88,9 +87,8 @@ def resolve_teacher(args, synthetic, data):
     if not spec:
         raise ConfigError(f"--protocol {args.protocol} trains against a teacher and the set's card records none; "
                           "pass --teacher (a timm name, hf-hub:, local-dir: or '{train: {...}}')")
-    if spec.lstrip().startswith("{"):
-        spec = yaml.safe_load(spec)
-    return ProxyPool.from_pretrained([spec], data, cache_dir=args.teacher_cache_dir, dataset_id=data.name)[0]
+    return ProxyPool.from_pretrained([parse_spec("--teacher", spec)], data, cache_dir=args.teacher_cache_dir,
+                                     dataset_id=data.name)[0]
 
 
 def check_dd_ranking_arguments(args) -> None:

@@ -18,9 +18,11 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 
 class ArtifactError(ValueError):
@@ -34,6 +36,19 @@ class ResolvedArtifact:
     spec: str
     folder: Path
     provenance: dict = field(default_factory=dict)
+
+
+def parse_spec(field_name: str, value: object) -> object:
+    """An artifact argument as given: a string holding a ``{train: {...}}`` YAML mapping (from the command line)
+    becomes that mapping; a mapping must have the single key ``train``. Raises ArtifactError naming the field."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ArtifactError(f"{field_name}: not a valid YAML mapping ({err.__class__.__name__})") from None
+    if isinstance(value, Mapping) and set(value) != {"train"}:
+        raise ArtifactError(f"{field_name}: a mapping must be {{train: {{...}}}}, got keys {sorted(value)}")
+    return value
 
 
 def is_folder_spec(spec: object) -> bool:

@@ -27,10 +27,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 
 from ..artifacts.experts import ExpertError, ExpertRecipe, ExpertTrajectories, resolve_experts
-from ..artifacts.resolver import is_folder_spec
+from ..artifacts.resolver import ArtifactError, is_folder_spec, parse_spec
 from ..data.augment import AugmentParams, DiffAugment, apply
 from ..engine.gradients import loss_with_gradients
 from ..engine.method import (
@@ -90,15 +89,11 @@ class MTTConfig(MethodConfig):
         if self.gradient not in ("unrolled", "recompute"):
             raise MethodConfigError(f"gradient={self.gradient!r}: choose unrolled or recompute")
         check_strategy("dsa_strategy", self.dsa_strategy)
-        if isinstance(self.experts, str) and self.experts.lstrip().startswith("{"):  # --experts '{train: {...}}'
-            try:
-                self.experts = yaml.safe_load(self.experts)
-            except yaml.YAMLError as err:
-                raise MethodConfigError(f"experts: not a valid YAML mapping ({err.__class__.__name__})") from None
+        try:  # --experts '{train: {...}}' on the command line
+            self.experts = parse_spec("experts", self.experts)
+        except ArtifactError as err:
+            raise MethodConfigError(str(err)) from None
         if isinstance(self.experts, Mapping):
-            if set(self.experts) != {"train"}:
-                raise MethodConfigError(f"experts: a mapping must be {{train: {{...}}}}, got keys "
-                                        f"{sorted(self.experts)}")
             try:
                 recipe = ExpertRecipe.from_mapping(self.experts["train"] or {})
             except ExpertError as err:

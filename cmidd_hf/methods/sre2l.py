@@ -22,17 +22,17 @@ class's images towards their centroid.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from torchvision.transforms.v2 import functional as TF
 
 from ..artifacts.proxies import ProxyPool
+from ..artifacts.resolver import ArtifactError, parse_spec
 from ..engine.blocks import Block, class_blocks
 from ..engine.method import (
     DistillationMethod,
@@ -84,13 +84,10 @@ class SRe2LConfig(MethodConfig):
         if not self.teacher:
             raise MethodConfigError("teacher is empty: name a BatchNorm classifier (a timm name, hf-hub:, "
                                     "local-dir:, or {train: {arch: resnet18_cifar_bn, ...}} in the YAML)")
-        if isinstance(self.teacher, str) and self.teacher.lstrip().startswith("{"):
-            try:
-                self.teacher = yaml.safe_load(self.teacher)
-            except yaml.YAMLError as err:
-                raise MethodConfigError(f"teacher: not a valid YAML mapping ({err.__class__.__name__})") from None
-        if isinstance(self.teacher, Mapping) and set(self.teacher) != {"train"}:
-            raise MethodConfigError(f"teacher: a mapping must be {{train: {{...}}}}, got keys {sorted(self.teacher)}")
+        try:  # --teacher '{train: {...}}' on the command line
+            self.teacher = parse_spec("teacher", self.teacher)
+        except ArtifactError as err:
+            raise MethodConfigError(str(err)) from None
         for name in ("jitter",):
             if getattr(self, name) < 0:
                 raise MethodConfigError(f"{name}={getattr(self, name)}: must be >= 0")
