@@ -135,7 +135,7 @@ def read_result(folder: Path) -> dict:
                "val_accuracy": sum(validation) / len(validation) if validation else None}
         for fraction, key in FRACTIONS.items():
             match = [r for r in periodic if r["step"] == synthetic.distillation["iterations"] // fraction]
-            row[key] = match[0]["accuracy/convnet3"] if match else None
+            row[key] = match[0][f"accuracy/{result['arch']}"] if match else None
         return row
     (saved,) = [p for p in folder.iterdir() if p.is_dir()]
     return {"accuracy": load_synthetic(saved).results[0]["mean"]}

@@ -20,6 +20,9 @@ def n_params(model):
         ("convnet3", dict(num_classes=10, in_chans=1, img_size=28), 317_706, 2048),
         ("convnet3", dict(num_classes=100), 504_420, 2048),
         ("convnet4", dict(num_classes=200, img_size=64), 857_160, 2048),
+        # the DC zoo's width ablation: 3·32·9+32 + 2·(32·32·9+32) + 3·64 (instance-norm affine) + 512·10+10
+        ("convnet3_w32", dict(num_classes=10), 24_714, 512),
+        ("convnet3_w256", dict(num_classes=10), 1_229_834, 4096),
         ("resnet18_cifar", dict(num_classes=10), 11_173_962, 512),
         ("resnet18_cifar_bn", dict(num_classes=10), 11_173_962, 512),
         ("alexnet_cifar", dict(num_classes=10), 1_872_202, 3072),

@@ -33,7 +33,7 @@ from cmidd_hf.methods import MTT, MethodConfigError, MethodContext, MTTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "fixtures" / "tiny_mtt_cmi.yaml"
-TINY_RECIPE = ExpertRecipe(num_experts=2, epochs=2, batch_size=512)  # the fixture's train: spec
+TINY_RECIPE = ExpertRecipe(arch="convnet3_w32", num_experts=2, epochs=2, batch_size=512)  # the fixture's spec
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,11 @@ def make_mtt(mnist, experts, ipc=2, seed=0, dtype=torch.float32, **config) -> MT
 
 
 def test_experts_hold_every_epoch_from_the_seeded_initialization(experts, mnist):
-    assert experts.num_experts == 2 and experts.epochs == 2 and experts.arch == "convnet3"
+    assert experts.num_experts == 2 and experts.epochs == 2 and experts.arch == "convnet3_w32"
     trajectory = load_file(str(experts.folder / "expert-0001.safetensors"))["trajectory"]
     assert trajectory.shape == (3, experts.index["num_params"])
     torch.manual_seed(1)  # expert 1 = seed 1: its first snapshot is a fresh network of that seed
-    assert torch.equal(trajectory[0], flat_parameters(build_network("convnet3", 10, 1, (28, 28))))
+    assert torch.equal(trajectory[0], flat_parameters(build_network("convnet3_w32", 10, 1, (28, 28))))
     assert not torch.equal(trajectory[1], trajectory[0]) and not torch.equal(trajectory[2], trajectory[1])
     assert torch.equal(experts.snapshots(1, (2, 0)), trajectory[[2, 0]])
     record = experts.index["experts"][1]
@@ -169,7 +169,7 @@ def test_one_step_loss_matches_a_hand_written_parameter_update(mnist, experts):
     images, labels = synthetic.decode()
     plan = method.plan(0, 0, (28, 28))
     start, target = experts.snapshots(plan.expert, (plan.start, plan.start + 1))
-    net = build_network("convnet3", 10, 1, (28, 28))
+    net = build_network("convnet3_w32", 10, 1, (28, 28))
     offset = 0
     with torch.no_grad():
         for p in net.parameters():

@@ -50,13 +50,13 @@ def test_outputs_are_a_hub_layout_dataset_with_card(finished_run):
     assert block["regularizer"]["weight"] == 10 and len(block["regularizer"]["proxies"]) == 2
     assert block["normalization"] == {"mean": [0.1307], "std": [0.3081]}
     (result,) = block["results"]
-    assert result["arch"] == "convnet3" and result["runs"] == 1 and len(result["accuracies"]) == 1
+    assert result["arch"] == "convnet3_w32" and result["runs"] == 1 and len(result["accuracies"]) == 1
     assert isinstance(block["final_cmi"], float)
-    assert "| convnet3 | dsa |" in card.text and "grid.png" in card.text
+    assert "| convnet3_w32 | dsa |" in card.text and "grid.png" in card.text
     assert meta["license"] == "cc-by-sa-3.0" and "dataset-distillation" in meta["tags"]
     records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "cmi" in r] == [1, 2, 3, 4]
-    assert records[-1]["final"] is True and "accuracy/convnet3" in records[-1]
+    assert records[-1]["final"] is True and "accuracy/convnet3_w32" in records[-1]
     config = yaml.safe_load((finished_run / "config.yaml").read_text())
     assert config["ipc"] == 2 and config["cmi_weight"] == 10
 
@@ -123,7 +123,7 @@ def test_resume_latest_continues_and_refuses_a_changed_configuration(proxy_cache
     before = (finished_run / "README.md").read_text()
     for extra, changed in [(["--ipc", "3"], "ipc: checkpoint 2 vs now 3"),
                            (["--seed", "1"], "seed: checkpoint 0 vs now 1"),
-                           (["--net_arch", "convnet4"], "net_arch: checkpoint 'convnet3' vs now 'convnet4'"),
+                           (["--net_arch", "convnet4"], "net_arch: checkpoint 'convnet3_w32' vs now 'convnet4'"),
                            (["--init", "noise"], "init: checkpoint 'real' vs now 'noise'")]:
         assert main_entry(argv(tmp_path, proxy_cache, *extra, "--resume_from_checkpoint", "latest"), None) == 2
         err = capsys.readouterr().err.strip()
@@ -359,9 +359,9 @@ def test_tensorboard_tracker_receives_losses_cmi_and_accuracy(proxy_cache, tmp_p
     (events,) = (tmp_path / "out" / "run" / "logs" / "run").glob("events.out.tfevents.*")  # hparams: a sub-run
     scalars = EventAccumulator(str(events)).Reload()
     tags = set(scalars.Tags()["scalars"])
-    assert tags == {"loss", "matching_loss", "cmi", "seconds", "accuracy/convnet3", "set_cmi", "final_cmi"}
+    assert tags == {"loss", "matching_loss", "cmi", "seconds", "accuracy/convnet3_w32", "set_cmi", "final_cmi"}
     assert [e.step for e in scalars.Scalars("cmi")] == [1, 2, 3, 4]
-    assert [e.step for e in scalars.Scalars("accuracy/convnet3")] == [0, 2, 4]
+    assert [e.step for e in scalars.Scalars("accuracy/convnet3_w32")] == [0, 2, 4]
 
 
 def test_an_unavailable_tracker_is_refused(proxy_cache, tmp_path, capsys, monkeypatch):

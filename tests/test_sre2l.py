@@ -296,7 +296,7 @@ def test_recipe_writes_the_set_with_the_teacher_and_the_kd_baseline(tmp_path, ti
                            "--teacher_cache_dir", str(tiny_teacher), "--run_name", "r", "--eval_baseline", "true"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "baseline (random real ipc 2) convnet3 [kd, 2 epochs" in done.stdout
+    assert "baseline (random real ipc 2) convnet3_w32 [kd, 2 epochs" in done.stdout
     from cmidd_hf.hub.synthetic_set import load_synthetic
 
     loaded = load_synthetic(str(tmp_path / "out" / "r"))

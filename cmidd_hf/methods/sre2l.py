@@ -22,16 +22,17 @@ class's images towards their centroid.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from ..artifacts.proxies import ProxyPool
+from ..artifacts.proxies import ProxyError, ProxyPool, ProxyTrainingSpec
 from ..artifacts.resolver import ArtifactError, parse_spec
 from ..engine.blocks import Block, class_blocks
 from ..engine.method import (
@@ -46,6 +47,7 @@ from ..engine.method import (
 from ..engine.parametrization import Parametrization, PixelParametrization
 from ..engine.precision import autocast, resolve_precision
 from ..engine.seeding import generator
+from ..models import create_model
 
 _BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -88,6 +90,14 @@ class SRe2LConfig(MethodConfig):
             self.teacher = parse_spec("teacher", self.teacher)
         except ArtifactError as err:
             raise MethodConfigError(str(err)) from None
+        if isinstance(self.teacher, Mapping):  # refuse a teacher without BatchNorm before training it
+            try:
+                arch = ProxyTrainingSpec.from_mapping(self.teacher["train"] or {}).arch
+            except ProxyError as err:
+                raise MethodConfigError(f"teacher: {err}") from None
+            if timm.is_model(arch) and not batch_norm_layers(create_model(arch, num_classes=2)):
+                raise MethodConfigError(f"teacher architecture {arch!r} has no BatchNorm layers, and SRe2L matches "
+                                        "their statistics; train a BN one (e.g. convnet3_bn, resnet18_cifar_bn)")
         for name in ("jitter",):
             if getattr(self, name) < 0:
                 raise MethodConfigError(f"{name}={getattr(self, name)}: must be >= 0")

@@ -65,6 +65,11 @@ _VARIANTS = {
     "convnet3_ln": (ConvNet, dict(depth=3, norm="layer")),
     "convnet3_gn": (ConvNet, dict(depth=3, norm="group")),
     "convnet3_nn": (ConvNet, dict(depth=3, norm="none")),
+    # the DC/DSA model zoo's width ablation (ConvNetW32 ... ConvNetW256); narrow ones also keep tests fast
+    "convnet3_w32": (ConvNet, dict(depth=3, width=32)),
+    "convnet3_w64": (ConvNet, dict(depth=3, width=64)),
+    "convnet3_w256": (ConvNet, dict(depth=3, width=256)),
+    "convnet3_bn_w32": (ConvNet, dict(depth=3, width=32, norm="batch")),
 }
 
 default_cfgs = default_cfgs_for(_VARIANTS, first_conv="features.0", classifier="head")
