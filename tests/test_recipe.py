@@ -118,6 +118,16 @@ def test_pixel_values_are_exact_and_image_is_their_rendering(finished_run):
     assert torch.equal(images.reshape(rendered.shape), rendered)
 
 
+def test_streamed_data_with_workers_gives_the_same_run(finished_run, proxy_cache, tmp_path):
+    """--in_memory false --num_workers 1 (the ImageNet presets' path) reaches the loader and changes nothing: the
+    same set and the same final accuracy as the in-memory run."""
+    assert main_entry(argv(tmp_path, proxy_cache, "--in_memory", "false", "--num_workers", "1"), None) == 0
+    streamed, memory = load_synthetic(tmp_path / "out" / "run"), load_synthetic(finished_run)
+    assert torch.equal(streamed.images, memory.images)
+    assert streamed.results[0]["accuracies"] == memory.results[0]["accuracies"]
+    assert yaml.safe_load((tmp_path / "out" / "run" / "config.yaml").read_text())["in_memory"] is False
+
+
 def test_resume_latest_continues_and_refuses_a_changed_configuration(proxy_cache, finished_run, capsys):
     tmp_path = finished_run.parents[1]
     before = (finished_run / "README.md").read_text()

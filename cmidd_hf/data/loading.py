@@ -245,9 +245,10 @@ class _ArrowSource(_ImageSource):
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
         rows = indices.reshape(-1).tolist()
         items = self.raw[rows][self.column] if rows else []
-        # contiguous NCHW, as the in-memory store: a channels-last view would pick other conv kernels (other bits)
+        # NCHW with the standard strides, as the in-memory store: a permuted view (even a 1-channel one, which
+        # counts as contiguous) also reads as channels-last, and convolutions then pick other kernels (other bits)
         pixels = _decode_items(items, rows, self.column, self.mode, self.size)
-        return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 class _PositionBatches(torch.utils.data.Dataset):
