@@ -58,13 +58,13 @@ def load_source(args, kind: str) -> tuple[SyntheticSet, object]:
         dataset = args.dataset or synthetic.source
         if dataset is None:
             raise DataError(f"{args.source} does not name its source dataset; pass --dataset")
-        data = load_image_classification(dataset, config_name=args.dataset_config, in_memory=args.in_memory,
-                                         num_workers=args.num_workers)
+        data = load_image_classification(dataset, config_name=args.dataset_config, image_size=args.image_size,
+                                         in_memory=args.in_memory, num_workers=args.num_workers)
     else:
         if args.dataset is None:
             raise DataError(f"--dataset is needed to evaluate a {kind} source (the real data it was distilled from)")
-        data = load_image_classification(args.dataset, config_name=args.dataset_config, in_memory=args.in_memory,
-                                         num_workers=args.num_workers)
+        data = load_image_classification(args.dataset, config_name=args.dataset_config, image_size=args.image_size,
+                                         in_memory=args.in_memory, num_workers=args.num_workers)
         common = dict(class_names=data.class_names, mean=data.mean, std=data.std, source=args.dataset)
         if kind == "pt":
             normalized = True if args.normalized else (False if args.pixels else None)

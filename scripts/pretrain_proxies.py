@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from cmidd_hf.artifacts.proxies import ProxyTrainingSpec, push_proxy, save_proxy, train_proxy
 from cmidd_hf.cli.arguments import add_streaming_arguments, check_can_push
 from cmidd_hf.cli.runner import configure_logging
+from cmidd_hf.data.errors import DataError
 from cmidd_hf.data.loading import load_image_classification
 from cmidd_hf.engine.errors import ConfigError
 
@@ -52,8 +53,11 @@ def main() -> None:
     spec = ProxyTrainingSpec.from_mapping({k: getattr(args, k) for k in (
         "arch", "count", "epochs", "lr", "momentum", "weight_decay", "batch_size", "seed")})
     configure_logging()
-    data = load_image_classification(args.dataset, config_name=args.dataset_config, in_memory=args.in_memory,
-                                     num_workers=args.num_workers)
+    try:
+        data = load_image_classification(args.dataset, config_name=args.dataset_config, image_size=args.image_size,
+                                         in_memory=args.in_memory, num_workers=args.num_workers)
+    except DataError as err:
+        parser.error(str(err))
     out_root = args.output_dir or Path("proxies") / f"{data.name}-{args.arch}"
     for index in range(spec.count):
         with logging_redirect_tqdm():  # epoch lines above the bar, not glued to it

@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> Path:
     recipe = ExpertRecipe.from_mapping({name: getattr(args, name) for name in RECIPE_FIELDS})
     if args.push_to_hub:
         check_can_push(args.push_to_hub)
-    data = load_image_classification(args.dataset, config_name=args.dataset_config, in_memory=args.in_memory,
-                                     num_workers=args.num_workers)
+    data = load_image_classification(args.dataset, config_name=args.dataset_config, image_size=args.image_size,
+                                     in_memory=args.in_memory, num_workers=args.num_workers)
     folder = args.output_dir or Path("experts") / f"{data.name}-{recipe.arch}{'-zca' if recipe.zca else ''}"
     with logging_redirect_tqdm():  # one line per expert above the bar
         train_experts(recipe, data, folder, args.dataset, compile=not args.no_compile)

@@ -48,9 +48,12 @@ class DataArguments:
 
 
 def add_streaming_arguments(parser) -> None:
-    """``--in_memory`` / ``--num_workers`` (as in the recipes' data arguments) for the argparse scripts."""
+    """``--image_size`` / ``--in_memory`` / ``--num_workers`` (as in the recipes' data arguments) for the argparse
+    scripts, so they read ImageNet-scale data the way the recipes do."""
     from transformers.hf_argparser import string_to_bool
 
+    parser.add_argument("--image_size", type=int, default=None,
+                        help=DataArguments.__dataclass_fields__["image_size"].metadata["help"])
     parser.add_argument("--in_memory", type=string_to_bool, default=True, metavar="{true,false}",
                         help=DataArguments.__dataclass_fields__["in_memory"].metadata["help"])
     parser.add_argument("--num_workers", type=int, default=0,

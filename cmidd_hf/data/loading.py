@@ -329,7 +329,11 @@ class RealImageStore:
         return images * self.std.to(images.device) + self.mean.to(images.device)
 
     def images(self, positions: torch.Tensor, device=None) -> torch.Tensor:
-        images = self.normalize(self.uint8(positions), device)
+        return self._prepare(self.uint8(positions), device)
+
+    def _prepare(self, images_u8: torch.Tensor, device=None) -> torch.Tensor:
+        """uint8 images -> normalized (and transformed) float images on ``device``."""
+        images = self.normalize(images_u8, device)
         return images if self.transform is None else self.transform(images)
 
     @property
@@ -347,8 +351,7 @@ class RealImageStore:
         else:
             pairs = (_PositionBatches(self, chunks)[i] for i in range(len(chunks)))
         for images_u8, labels in pairs:
-            images = self.normalize(images_u8, device)
-            yield (images if self.transform is None else self.transform(images)), labels.to(device)
+            yield self._prepare(images_u8, device), labels.to(device)
 
     def sample_positions(self, c: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` distinct random positions of class ``c``."""
@@ -457,6 +460,9 @@ def load_image_classification(
     """
     if num_workers < 0:
         raise DataError(f"num_workers={num_workers}; use 0 (decode in this process) or more")
+    sizes = (image_size,) if isinstance(image_size, int) else tuple(image_size or ())
+    if any(int(v) < 1 for v in sizes):
+        raise DataError(f"image_size={image_size}; use a positive size (or none to keep the images' size)")
     workers = 0 if in_memory else num_workers
     dsd, folder = resolve_dataset(source, config_name)
     if name is None:
