@@ -138,6 +138,16 @@ def test_unknown_repo_offline_is_a_clear_error(fake_hub):
         load_synthetic("org/absent")
 
 
+def test_unfinished_run_folder_is_a_clear_error(tmp_path):
+    """A run folder before its set is saved (config, metrics, checkpoints; no card) is named as unfinished, not
+    handed to ``load_dataset`` (which fails on the jsonl/yaml files with a CastError traceback)."""
+    (tmp_path / "config.yaml").write_text("method: dm\n")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (tmp_path / "checkpoints" / "checkpoint_1").mkdir(parents=True)
+    with pytest.raises(DataError, match="run folder without a finished set .* --resume_from_checkpoint latest"):
+        load_synthetic(str(tmp_path))
+
+
 def test_plain_image_dataset_loads_with_known_normalization(tmp_path):
     """A Hub image dataset without pixel_values (e.g. uploaded by hand) is normalized with the known stats."""
     loaded = load_synthetic(str(_embedded_mnist()))

@@ -27,7 +27,7 @@ from ..data.hub_layout import write_hub_dataset
 from ..data.loading import find_columns, known_stats
 from ..data.transforms import ZCA_FILE, ZCAWhitening
 from ..engine.parametrization import CondensedSet
-from ..engine.run_folder import CONDENSED, GRID
+from ..engine.run_folder import CONDENSED, CONFIG, GRID
 from .card import asset_prefix, build_card_data, plain, render_card
 from .figures import save_grid, to_uint8_images
 
@@ -327,6 +327,9 @@ def load_synthetic(
     """
     folder = resolve_folder(source, revision)
     card = _read_card(folder)
+    if card is None and (folder / CONFIG).is_file():
+        raise DataError(f"{source!r} is a run folder without a finished set (no README.md card yet): let the run "
+                        "finish, or resume it with --resume_from_checkpoint latest")
     configs = MetadataConfigs.from_dataset_card_data(card) if card is not None else MetadataConfigs()
     config = _pick_config(configs, config, str(source))
     ds = load_dataset(str(folder), name=config, split="train")
