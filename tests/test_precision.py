@@ -23,6 +23,8 @@ def cpu_bf16(monkeypatch):
     """Pretend the CPU has (True) or lacks (False) native bf16."""
 
     def set_native(native: bool) -> None:
+        for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+            monkeypatch.delenv(variable, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
         monkeypatch.setattr(precision_module, "_warned", set())
@@ -39,9 +41,22 @@ def test_auto_follows_native_bf16(cpu_bf16, native, expected):
 
 
 def test_amx_counts_as_native(monkeypatch):
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.parametrize("variable, value", [("ONEDNN_MAX_CPU_ISA", "AVX2"), ("DNNL_MAX_CPU_ISA", "avx512_core"),
+                                             ("ATEN_CPU_CAPABILITY", "avx2")])
+def test_an_isa_capped_below_bf16_is_not_native(cpu_bf16, monkeypatch, variable, value):
+    """Capping the kernels' ISA (how an AVX2-only CPU is emulated on a newer one) makes 'auto' pick fp32."""
+    cpu_bf16(True)
+    monkeypatch.setenv(variable, value)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setenv(variable, "AVX512_CORE_AMX" if variable != "ATEN_CPU_CAPABILITY" else "avx512")
+    assert resolve_precision("auto", "cpu") == "bf16"
 
 
 def test_emulated_bf16_is_honoured_with_one_warning(cpu_bf16, caplog):

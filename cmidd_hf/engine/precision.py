@@ -4,11 +4,14 @@ bf16 autocast halves the cost of convolutions only where the hardware computes i
 support, and CPUs with AVX512-BF16 or AMX. Elsewhere PyTorch emulates bf16 through fp32 conversions: on an
 AVX2-only CPU (an AMD EPYC Zen 3 here) a ConvNet-3 training step on 100 CIFAR-sized images took 6.5 s in bf16
 against 0.47 s in fp32. ``"auto"`` (the default everywhere) therefore picks bf16 only where it is native.
+A CPU capped below bf16 by oneDNN's or ATen's ISA variables (``ONEDNN_MAX_CPU_ISA=AVX2``,
+``ATEN_CPU_CAPABILITY=avx2``) counts as not native: the kernels then run as on an AVX2-only CPU.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import AbstractContextManager
 
 import torch
@@ -17,6 +20,16 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
 _warned: set[str] = set()
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA``) that leave out its bf16 instructions
+_ONEDNN_BELOW_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+#: ``ATEN_CPU_CAPABILITY`` values without AVX-512
+_ATEN_BELOW_BF16 = {"default", "avx2"}
+
+
+def _isa_capped_below_bf16() -> bool:
+    """Whether the environment caps oneDNN or ATen below the bf16 instructions (emulating an older CPU)."""
+    onednn = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return onednn in _ONEDNN_BELOW_BF16 or os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in _ATEN_BELOW_BF16
 
 
 def has_native_bf16(device: torch.device | str) -> bool:
@@ -25,6 +38,8 @@ def has_native_bf16(device: torch.device | str) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
+        if _isa_capped_below_bf16():
+            return False
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False
 
