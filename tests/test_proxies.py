@@ -4,6 +4,8 @@ import importlib.util
 import logging
 import shutil
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import huggingface_hub
@@ -22,6 +24,7 @@ from cmidd_hf.artifacts.proxies import (
     push_proxy,
     save_proxy,
 )
+from cmidd_hf.artifacts.resolver import cached_or_built
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,6 +99,24 @@ def test_train_spec_is_trained_once_then_cached(mnist, tmp_path):
     assert torch.equal(first[0][1][0](x), second[0][1][0](x))
     with pytest.raises(ProxyError, match="unknown keys"):
         ProxyTrainingSpec.from_mapping({"arch": "convnet3", "lr_max": 1})
+
+
+def test_runs_side_by_side_build_a_cached_artifact_once(tmp_path):
+    """Two runs resolving the same training spec at once (runs sharing a cache, test workers): one builds, the
+    other waits on the lock and reads the finished folder instead of building (or deleting) it again."""
+    builds = []
+
+    def build(staging: Path) -> None:
+        builds.append(staging)
+        time.sleep(0.5)
+        (staging / "weights.bin").write_bytes(b"x")
+
+    def complete(folder: Path) -> bool:
+        return (folder / "weights.bin").is_file()
+
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: cached_or_built(tmp_path, "expert-key", build, complete), range(2)))
+    assert len(builds) == 1 and folders[0] == folders[1] == tmp_path / "expert-key" and complete(folders[0])
 
 
 def test_a_proxy_collection_is_one_range_entry_with_recorded_revisions(saved_proxy, mnist, fake_hub):

@@ -25,6 +25,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn as nn
+from filelock import FileLock
 from timm.models import save_for_hf
 
 from ..data.loading import ImageClassificationData
@@ -328,14 +329,19 @@ def _device_of(module: nn.Module) -> torch.device:
 
 def cached_or_trained(spec: ProxyTrainingSpec, data: ImageClassificationData, cache_dir: Path, dataset_id: str,
                       device=None, progress: bool = True) -> list[tuple[str, tuple[nn.Module, dict]]]:
-    """Proxies of ``spec``: loaded from ``cache_dir`` when present, else trained, saved there, and loaded."""
+    """Proxies of ``spec``: loaded from ``cache_dir`` when present, else trained, saved there, and loaded.
+
+    Each proxy is trained under a file lock, so runs sharing a cache side by side train it once.
+    """
     out = []
     root = cache_dir / spec.cache_key(dataset_id.replace("/", "--"))
     for index in range(spec.count):
         folder = root / f"proxy-{index}"
-        if not (folder / "model.safetensors").exists():
-            model, accuracy = train_proxy(spec, data, index, device, progress)
-            save_proxy(model, folder, data, spec, index, accuracy, dataset_id)
-            logger.info("trained proxy %s: test accuracy %s", folder, accuracy)
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(root / f".proxy-{index}.lock"):
+            if not (folder / "model.safetensors").exists():
+                model, accuracy = train_proxy(spec, data, index, device, progress)
+                save_proxy(model, folder, data, spec, index, accuracy, dataset_id)
+                logger.info("trained proxy %s: test accuracy %s", folder, accuracy)
         out.append((f"local-dir:{folder}", _load_one(f"local-dir:{folder}")))
     return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 
 class ArtifactError(ValueError):
@@ -84,20 +85,26 @@ def resolve_artifact(spec: str, required: Sequence[str], kind: str,
 
 def cached_or_built(cache_dir: str | os.PathLike, key: str, build: Callable[[Path], None],
                     complete: Callable[[Path], bool]) -> Path:
-    """The folder ``cache_dir/key``, built by ``build(staging)`` and renamed into place unless ``complete``."""
+    """The folder ``cache_dir/key``, built by ``build(staging)`` and renamed into place unless ``complete``.
+
+    Built under a file lock, so runs sharing a cache side by side build it once and the others then read it.
+    """
     folder = Path(cache_dir) / key
     if complete(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        build(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with FileLock(folder.parent / f".{folder.name}.lock"):
+        if complete(folder):
+            return folder
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            build(staging)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return folder
 
 
