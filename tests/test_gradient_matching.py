@@ -167,13 +167,15 @@ def test_killed_inside_an_outer_loop_resumes_bit_identically(mnist, tmp_path, cl
 @pytest.mark.slow
 @pytest.mark.parametrize("cls", [DC, DSA])
 def test_short_run_beats_its_initial_set(mnist, tmp_path, cls):
-    """8 iterations lift the accuracy of fresh networks by ~6 points on mnist-5k (threshold 2)."""
+    """8 iterations lift the accuracy of fresh networks by ~6 points on mnist-5k (threshold 2). The fresh networks
+    are ConvNetW32s (the set is distilled on a ConvNet-3): the same gain, a fifth of the evaluation time."""
     method = make(mnist, cls, ipc=1, batch_real=32, outer_loop=1, inner_loop=1)
     synthetic = PixelParametrization.from_real(mnist.train, 1, seed=0)
     initial = synthetic.images.detach().clone()
     distiller = Distiller(Accelerator(cpu=True), method, synthetic, None, 8, tmp_path, {}, progress=False)
     distiller.run()
-    options = dict(protocol="dc", epochs=60, runs=2, compile=False, precision="fp32", progress=False)
+    options = dict(protocol="dc", epochs=60, runs=2, compile=False, precision="fp32", progress=False,
+                   arch="convnet3_w32")
     before = evaluate_synthetic(initial, synthetic.labels, mnist.test, **options)
     after = evaluate_synthetic(synthetic.images.detach(), synthetic.labels, mnist.test, **options)
     assert after.mean > before.mean + 0.02, (before, after)

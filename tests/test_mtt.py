@@ -254,9 +254,11 @@ def test_short_run_beats_its_initial_set(mnist, experts, tmp_path):
     method = make_mtt(mnist, experts, ipc=1, syn_steps=5, lr_img=1000.0, trajectories=1)
     synthetic = method.init_synthetic()
     initial = synthetic.images.detach().clone()
-    # 10 iterations: 56.3 -> 76.9 % (lr_img 100: -> 64.1 %), measured on CPU A
+    # 10 iterations: 56.3 -> 76.9 % on ConvNet-3s (lr_img 100: -> 64.1 %), CPU A; 56.9 -> 72.1 % on the
+    # ConvNetW32s evaluated here, CPU D
     Distiller(Accelerator(cpu=True), method, synthetic, None, 10, tmp_path, {}, progress=False).run()
-    options = dict(protocol="dc", epochs=50, runs=2, compile=False, precision="fp32", progress=False)
+    options = dict(protocol="dc", epochs=50, runs=2, compile=False, precision="fp32", progress=False,
+                   arch="convnet3_w32")
     lr = method.evaluation_overrides()["lr"]
     from cmidd_hf.evaluation.protocols import get_protocol
 
@@ -337,7 +339,7 @@ def test_zca_run_saves_the_transform_and_the_learned_lr_is_replayed(tmp_path, pr
                     "{train: {num_experts: 1, epochs: 1, batch_size: 512, zca: true}}", "--iterations", "2",
                     "--trajectories", "1", "--max_start_epoch", "1")
     assert result.returncode == 0, result.stderr[-3000:]
-    (folder,) = list(zca_cache.iterdir())
+    (folder,) = [p for p in zca_cache.iterdir() if p.is_dir()]  # beside the cache lock file
     experts = ExpertTrajectories(folder)
     synthetic = load_synthetic(str(tmp_path / "out" / "r"))
     assert synthetic.transform is not None and synthetic.transform.sha256 == experts.transform.sha256

@@ -15,7 +15,7 @@ from huggingface_hub import DatasetCard
 from cmidd_hf.artifacts.experts import ExpertRecipe
 from cmidd_hf.artifacts.proxies import ProxyTrainingSpec, expand_specs
 from cmidd_hf.cli.arguments import parse_recipe
-from cmidd_hf.cli.runner import main_entry
+from cmidd_hf.cli.runner import available_cpus, main_entry
 from cmidd_hf.data.loading import EMBEDDED_DATASETS, FASHION_MNIST_NAMES, known_stats
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.method import Sharding, get_method
@@ -443,3 +443,11 @@ def test_every_fashion_mnist_config_starts_on_the_real_set(config, fashion_mnist
     assert all(torch.isfinite(v) for v in losses.values()) and sum(losses.values()).requires_grad
     if method == "idc":
         assert algorithm.lr_img == pytest.approx(1e-4 * recipe.synthetic.ipc / 10 * (28 / 32) ** 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is a Linux interface")
+def test_default_threads_follow_the_cpu_affinity(monkeypatch):
+    """A run restricted to some cores (taskset, a cgroup cpuset) shares those, not the machine's count."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert available_cpus() == 1

@@ -126,6 +126,11 @@ def evaluation_teacher(recipe: DistillRecipe, data: ImageClassificationData, art
                       "none; set eval_teacher (a timm name, hf-hub:, local-dir: or a train: spec)")
 
 
+def available_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a cgroup cpuset), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run_distillation(recipe: DistillRecipe) -> dict:
     """Run one distillation; returns the final evaluation summary. Raises ConfigError & co. on bad input."""
     validate(recipe)
@@ -139,7 +144,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
     )
     device = accelerator.device
     if device.type == "cpu":  # `accelerate launch` sets OMP_NUM_THREADS=1; share the cores between processes
-        torch.set_num_threads(run.threads_per_process or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+        torch.set_num_threads(run.threads_per_process or max(1, available_cpus() // accelerator.num_processes))
     accelerator.print(f"accelerate: {accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
                       f"device {device}, {torch.get_num_threads()} threads per process")
     data = load_image_classification(
