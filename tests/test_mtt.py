@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -271,12 +270,17 @@ def test_short_run_beats_its_initial_set(mnist, experts, tmp_path):
 # ------------------------------------------------------------------------------------------ the recipe
 
 
-def recipe(tmp_path, proxy_cache, expert_cache, *extra) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "recipes" / "distill_mtt.py"), "--config", str(TINY),
-                           "--output_dir", str(tmp_path / "out"), "--proxy_cache_dir", str(proxy_cache),
-                           "--expert_cache_dir", str(expert_cache), "--run_name", "r", *extra],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+def recipe(tmp_path, proxy_cache, expert_cache, capsys, *extra) -> subprocess.CompletedProcess:
+    """``recipes/distill_mtt.py`` run in this process (its ``main_entry``: exit code, one-line errors), so each
+    call does not pay a fresh interpreter's imports; the 1-vs-2-process test runs the script itself."""
+    from cmidd_hf.cli.runner import main_entry
+
+    argv = ["--config", str(TINY), "--output_dir", str(tmp_path / "out"), "--proxy_cache_dir", str(proxy_cache),
+            "--expert_cache_dir", str(expert_cache), "--run_name", "r", *extra]
+    capsys.readouterr()
+    code = main_entry(argv, None, method="mtt")
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -300,23 +304,23 @@ def test_bad_inputs_are_one_line_and_exit_2_before_any_work(tmp_path, proxy_cach
     assert not (tmp_path / "out").exists()
 
 
-def test_corrupt_or_mismatched_experts_are_refused(tmp_path, proxy_cache, expert_cache, experts, mnist):
+def test_corrupt_or_mismatched_experts_are_refused(tmp_path, proxy_cache, expert_cache, experts, mnist, capsys):
     import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(experts.folder, broken)
     (broken / "expert-0001.safetensors").unlink()
-    result = recipe(tmp_path, proxy_cache, expert_cache, "--experts", f"local-dir:{broken}")
+    result = recipe(tmp_path, proxy_cache, expert_cache, capsys, "--experts", f"local-dir:{broken}")
     assert result.returncode == 2 and "expert-0001.safetensors is missing" in result.stderr.splitlines()[-1]
     (broken / "experts.json").write_text("{not json")
-    result = recipe(tmp_path, proxy_cache, expert_cache, "--experts", f"local-dir:{broken}")
+    result = recipe(tmp_path, proxy_cache, expert_cache, capsys, "--experts", f"local-dir:{broken}")
     assert result.returncode == 2 and "no readable experts.json" in result.stderr.splitlines()[-1]
     shutil.copytree(experts.folder, tmp_path / "zca", dirs_exist_ok=True)
     index = json.loads((tmp_path / "zca" / "experts.json").read_text())
     ZCAWhitening.fit(mnist.train.images(torch.arange(500))).save(tmp_path / "zca")
     index["zca"] = {"type": "zca"}
     (tmp_path / "zca" / "experts.json").write_text(json.dumps(index))
-    result = recipe(tmp_path, proxy_cache, expert_cache, "--experts", f"local-dir:{tmp_path / 'zca'}")
+    result = recipe(tmp_path, proxy_cache, expert_cache, capsys, "--experts", f"local-dir:{tmp_path / 'zca'}")
     assert result.returncode == 2
     assert "zca=False but the experts were trained on ZCA-whitened images" in result.stderr.splitlines()[-1]
 
@@ -331,11 +335,11 @@ def test_refusals_without_data():
 
 
 @pytest.mark.slow
-def test_zca_run_saves_the_transform_and_the_learned_lr_is_replayed(tmp_path, proxy_cache, mnist):
+def test_zca_run_saves_the_transform_and_the_learned_lr_is_replayed(tmp_path, proxy_cache, mnist, capsys):
     """Experts trained on ZCA-whitened images: the set lives in their space, carries their zca.safetensors,
     and evaluate_synthetic.py whitens the test data and trains with the set's learned lr."""
     zca_cache = tmp_path / "experts"
-    result = recipe(tmp_path, proxy_cache, zca_cache, "--zca", "true", "--experts",
+    result = recipe(tmp_path, proxy_cache, zca_cache, capsys, "--zca", "true", "--experts",
                     "{train: {num_experts: 1, epochs: 1, batch_size: 512, zca: true}}", "--iterations", "2",
                     "--trajectories", "1", "--max_start_epoch", "1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -346,9 +350,8 @@ def test_zca_run_saves_the_transform_and_the_learned_lr_is_replayed(tmp_path, pr
     assert synthetic.distillation["transform"]["sha256"] == experts.transform.sha256
     lr = synthetic.distillation["evaluation"]["overrides"]["lr"]
     assert lr != 0.01 and synthetic.distillation["method_config"]["learned_lr"] == pytest.approx(lr)
-    evaluated = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_synthetic.py"),
-                                str(tmp_path / "out" / "r"), "--epochs", "2", "--runs", "1", "--no_compile"],
-                               capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert f"lr {lr:.6g} (learned by the method)" in evaluated.stdout
-    assert "test data ZCA-whitened with the set's transform" in evaluated.stdout
+    assert load_script("evaluate_synthetic").main([str(tmp_path / "out" / "r"), "--epochs", "2", "--runs", "1",
+                                                   "--no_compile"]) == 0
+    evaluated = capsys.readouterr().out
+    assert f"lr {lr:.6g} (learned by the method)" in evaluated
+    assert "test data ZCA-whitened with the set's transform" in evaluated
