@@ -72,15 +72,16 @@ def load_script():
 def test_select_coreset_script_writes_an_evaluated_set_with_a_card(tmp_path, capsys):
     script = load_script()
     args = ["--dataset", "mnist-5k", "--ipc", "2", "--method", "herding", "--output_dir", str(tmp_path),
-            "--proxy_cache_dir", str(tmp_path / "cache"), "--embedding_epochs", "1", "--eval_runs", "1",
-            "--eval_epochs", "2", "--no_compile", "--precision", "fp32"]
+            "--proxy_cache_dir", str(tmp_path / "cache"), "--embedding", "convnet3_w32", "--embedding_epochs", "1",
+            "--eval_arch", "convnet3_w32", "--eval_runs", "1", "--eval_epochs", "2", "--no_compile",
+            "--precision", "fp32"]
     assert script.main(args) == 0
     folder = tmp_path / "mnist-5k-herding-ipc2"
     syn = load_synthetic(folder)
     assert len(syn.labels) == 20 and syn.distillation["method"] == "herding"
     meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
     block = meta["distillation"]["default"]
-    assert block["coreset"]["embedding"]["arch"] == "convnet3" and len(block["results"]) == 1
+    assert block["coreset"]["embedding"]["arch"] == "convnet3_w32" and len(block["results"]) == 1
     data = load_image_classification("mnist-5k")
     assert torch.equal(syn.images, data.train.images(torch.tensor(block["source_positions"])))
     assert script.main([*args[:3], "401", *args[4:]]) == 2
