@@ -106,8 +106,8 @@ def test_train_experts_script_logs_each_expert_resumes_and_pushes_what_the_resol
         tmp_path, fake_hub, monkeypatch, caplog, capsys, mnist):
     script = load_script("train_experts")
     out = tmp_path / "experts"
-    argv = ["--dataset", "mnist-5k", "--num_experts", "2", "--epochs", "1", "--batch_size", "1024", "--no_compile",
-            "--output_dir", str(out)]
+    argv = ["--dataset", "mnist-5k", "--arch", "convnet3_w32", "--num_experts", "2", "--epochs", "1",
+            "--batch_size", "1024", "--no_compile", "--output_dir", str(out)]
     assert script.main(["--num_experts", "0", "--output_dir", str(out)]) == 2  # before any work
     assert "num_experts >= 1" in capsys.readouterr().err and not out.exists()
     with caplog.at_level(logging.INFO, logger="cmidd_hf"):

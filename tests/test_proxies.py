@@ -155,7 +155,7 @@ def test_pretrain_script_logs_every_epoch_and_saves_timm_proxies(tmp_path, monke
     spec = importlib.util.spec_from_file_location("pretrain_proxies", ROOT / "scripts" / "pretrain_proxies.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    monkeypatch.setattr(sys, "argv", ["pretrain_proxies.py", "--dataset", "mnist-5k", "--arch", "convnet3",
+    monkeypatch.setattr(sys, "argv", ["pretrain_proxies.py", "--dataset", "mnist-5k", "--arch", "convnet3_w32",
                                       "--count", "1", "--epochs", "2", "--batch_size", "1024",
                                       "--output_dir", str(tmp_path)])
     with caplog.at_level(logging.INFO, logger="cmidd_hf"):
