@@ -285,10 +285,10 @@ def run_method(mnist, make, out, iterations, interrupt=None, seed_before=0):
 @pytest.mark.parametrize("name, interrupt, saved", [("idc", (1, 0), "step_000001_001"),
                                                     ("idm", (2, 0), "step_000003")])
 def test_killed_run_resumes_bit_identically(mnist, tmp_path, name, interrupt, saved):
-    def make():
+    def make():  # ConvNetW32s: resuming is about state, which the width does not change
         if name == "idc":
-            return make_idc(mnist)
-        return make_idm(mnist)
+            return make_idc(mnist, net_arch="convnet3_w32")
+        return make_idm(mnist, net_arch="convnet3_w32")
 
     iterations = 3 if name == "idc" else 4
     straight = run_method(mnist, make, tmp_path / "a", iterations=iterations)
