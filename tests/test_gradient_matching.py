@@ -130,7 +130,7 @@ def test_batch_norm_statistics_are_set_from_real_images_then_frozen(mnist):
 
 def run_gm(mnist, cls, out, iterations=2, interrupt=None, seed_before=0):
     torch.manual_seed(seed_before)  # the method's initial network comes from the global RNG
-    method = make(mnist, cls, outer_loop=3, inner_loop=2)
+    method = make(mnist, cls, outer_loop=3, inner_loop=2, net_arch="convnet3_w32")  # state, not width
     if interrupt is not None:
         losses = method.losses
 
