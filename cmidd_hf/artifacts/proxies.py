@@ -337,11 +337,12 @@ def cached_or_trained(spec: ProxyTrainingSpec, data: ImageClassificationData, ca
     root = cache_dir / spec.cache_key(dataset_id.replace("/", "--"))
     for index in range(spec.count):
         folder = root / f"proxy-{index}"
-        root.mkdir(parents=True, exist_ok=True)
-        with FileLock(root / f".proxy-{index}.lock"):
-            if not (folder / "model.safetensors").exists():
-                model, accuracy = train_proxy(spec, data, index, device, progress)
-                save_proxy(model, folder, data, spec, index, accuracy, dataset_id)
-                logger.info("trained proxy %s: test accuracy %s", folder, accuracy)
+        if not (folder / "model.safetensors").exists():  # a finished cache is read without a lock (read-only ok)
+            root.mkdir(parents=True, exist_ok=True)
+            with FileLock(root / f".proxy-{index}.lock"):
+                if not (folder / "model.safetensors").exists():
+                    model, accuracy = train_proxy(spec, data, index, device, progress)
+                    save_proxy(model, folder, data, spec, index, accuracy, dataset_id)
+                    logger.info("trained proxy %s: test accuracy %s", folder, accuracy)
         out.append((f"local-dir:{folder}", _load_one(f"local-dir:{folder}")))
     return out
