@@ -340,8 +340,8 @@ def test_zca_run_saves_the_transform_and_the_learned_lr_is_replayed(tmp_path, pr
     and evaluate_synthetic.py whitens the test data and trains with the set's learned lr."""
     zca_cache = tmp_path / "experts"
     result = recipe(tmp_path, proxy_cache, zca_cache, capsys, "--zca", "true", "--experts",
-                    "{train: {num_experts: 1, epochs: 1, batch_size: 512, zca: true}}", "--iterations", "2",
-                    "--trajectories", "1", "--max_start_epoch", "1")
+                    "{train: {arch: convnet3_w32, num_experts: 1, epochs: 1, batch_size: 512, zca: true}}",
+                    "--iterations", "2", "--trajectories", "1", "--max_start_epoch", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = [p for p in zca_cache.iterdir() if p.is_dir()]  # beside the cache lock file
     experts = ExpertTrajectories(folder)
