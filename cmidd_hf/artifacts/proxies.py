@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +29,14 @@ from timm.models import save_for_hf
 from ..data.loading import ImageClassificationData
 from ..evaluation.protocols import EvalProtocol
 from ..evaluation.trainer import EpochStats, NetworkTrainer, StoreSet
-from .resolver import ArtifactError, is_folder_spec, push_artifact, resolve_artifact, sha256_file
+from .resolver import (
+    ArtifactError,
+    is_folder_spec,
+    push_artifact,
+    resolve_artifact,
+    sha256_file,
+    write_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +158,7 @@ def save_proxy(model: nn.Module, out_dir: str | os.PathLike, data: ImageClassifi
 
     The card's YAML holds ``model-index`` (test accuracy) and the training recipe (``training:``); no pickle.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    def build(staging: Path) -> None:
         save_for_hf(
             model, staging, safe_serialization=True,
             model_config={"label_names": list(data.class_names)},
@@ -166,13 +168,8 @@ def save_proxy(model: nn.Module, out_dir: str | os.PathLike, data: ImageClassifi
                          "crop_pct": 1.0, "interpolation": "bilinear"},
         )
         (staging / "README.md").write_text(proxy_model_card(spec, index, accuracy, dataset_id, data))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+
+    return write_atomically(Path(out_dir), build)
 
 
 def push_proxy(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None):

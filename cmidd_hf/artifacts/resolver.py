@@ -94,17 +94,24 @@ def cached_or_built(cache_dir: str | os.PathLike, key: str, build: Callable[[Pat
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(folder.parent / f".{folder.name}.lock"):
-        if complete(folder):
-            return folder
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            build(staging)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        if not complete(folder):
+            write_atomically(folder, build)
+    return folder
+
+
+def write_atomically(folder: Path, build: Callable[[Path], None]) -> Path:
+    """``build(staging)`` in a hidden sibling folder, then renamed onto ``folder`` (replacing it): readers never
+    see a half-written folder, and a failed build leaves nothing behind."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        build(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return folder
 
 
