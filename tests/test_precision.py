@@ -59,6 +59,30 @@ def test_an_isa_capped_below_bf16_is_not_native(cpu_bf16, monkeypatch, variable,
     assert resolve_precision("auto", "cpu") == "bf16"
 
 
+def test_an_avx2_cap_on_an_avx512_cpu_asks_for_a_matching_compile_march(cpu_bf16, monkeypatch, caplog):
+    """ATEN_CPU_CAPABILITY=avx2 alone makes torch.compile mix AVX2 kernels with -march=native (NaN on Zen 4):
+    one warning naming the variable that fixes it, none once it is set or where the CPU has no AVX-512."""
+    cpu_bf16(True)
+    monkeypatch.delenv("TORCHINDUCTOR_CPP_MARCH", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="cmidd_hf.engine.precision"):
+        resolve_precision("auto", "cpu")
+        resolve_precision("auto", "cpu")
+    assert [r.getMessage().count("TORCHINDUCTOR_CPP_MARCH=x86-64-v3") for r in caplog.records] == [1]
+    for avx512, march in ((True, "x86-64-v3"), (False, None)):
+        caplog.clear()
+        monkeypatch.setattr(precision_module, "_warned", set())
+        monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda avx512=avx512: avx512)
+        if march:
+            monkeypatch.setenv("TORCHINDUCTOR_CPP_MARCH", march)
+        else:
+            monkeypatch.delenv("TORCHINDUCTOR_CPP_MARCH", raising=False)
+        with caplog.at_level(logging.WARNING, logger="cmidd_hf.engine.precision"):
+            resolve_precision("auto", "cpu")
+        assert not caplog.records
+
+
 def test_emulated_bf16_is_honoured_with_one_warning(cpu_bf16, caplog):
     cpu_bf16(False)
     with caplog.at_level(logging.WARNING, logger="cmidd_hf.engine.precision"):

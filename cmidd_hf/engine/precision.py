@@ -5,7 +5,9 @@ support, and CPUs with AVX512-BF16 or AMX. Elsewhere PyTorch emulates bf16 throu
 AVX2-only CPU (an AMD EPYC Zen 3 here) a ConvNet-3 training step on 100 CIFAR-sized images took 6.5 s in bf16
 against 0.47 s in fp32. ``"auto"`` (the default everywhere) therefore picks bf16 only where it is native.
 A CPU capped below bf16 by oneDNN's or ATen's ISA variables (``ONEDNN_MAX_CPU_ISA=AVX2``,
-``ATEN_CPU_CAPABILITY=avx2``) counts as not native: the kernels then run as on an AVX2-only CPU.
+``ATEN_CPU_CAPABILITY=avx2``) counts as not native: the kernels then run as on an AVX2-only CPU. Such a cap on
+an AVX-512 CPU also needs ``TORCHINDUCTOR_CPP_MARCH`` (e.g. ``x86-64-v3``): torch.compile otherwise builds its
+AVX2 kernels with ``-march=native`` and they return NaN (seen with torch 2.14 on an AMD Zen 4); a warning says so.
 """
 
 from __future__ import annotations
@@ -32,12 +34,22 @@ def _isa_capped_below_bf16() -> bool:
     return onednn in _ONEDNN_BELOW_BF16 or os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in _ATEN_BELOW_BF16
 
 
+def _warn_if_compiled_kernels_mix_isas() -> None:
+    """Warn once when ATen is capped to AVX2 on an AVX-512 CPU without an Inductor ``-march`` to match."""
+    if ("march" not in _warned and os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2"
+            and not os.environ.get("TORCHINDUCTOR_CPP_MARCH") and torch.cpu._is_avx512_supported()):
+        _warned.add("march")
+        logger.warning("ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU: compiled networks are built with -march=native "
+                       "and return NaN; also set TORCHINDUCTOR_CPP_MARCH=x86-64-v3")
+
+
 def has_native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` computes bf16 matrix products natively (not through fp32 emulation)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
+        _warn_if_compiled_kernels_mix_isas()
         if _isa_capped_below_bf16():
             return False
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
