@@ -16,6 +16,20 @@ from huggingface_hub.errors import EntryNotFoundError
 FAKE_TOKEN = "hf_cmiddTestTokenThatMustNeverBeWritten"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory) -> Path:
+    """A datasets cache of the session's own (recipes started by tests inherit it): no test reads Arrow files that
+    an earlier session, or older code, prepared."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("datasets-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HF_DATASETS_CACHE", str(root))
+    patch.setattr(datasets.config, "HF_DATASETS_CACHE", root)
+    yield root
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def proxy_cache(tmp_path_factory) -> Path:
     """One proxy cache for every recipe run of the suite: each proxy spec (dataset, arch, count, epochs, ...) is

@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
-from datasets import load_dataset
 
 from cmidd_hf import CMIRegularizer, load_image_classification
+from cmidd_hf.data.hub_layout import load_folder
 from cmidd_hf.engine.distill import Distiller, NonFiniteLossError, ResumeError, check_compatible
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.parametrization import PixelParametrization
@@ -297,8 +297,9 @@ def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_pat
     assert double.returncode == 0, double.stderr[-3000:]
     assert "accelerate: 2 process(es), MULTI_CPU" in double.stdout
     assert "accelerate: 1 process(es)" in single.stdout
-    one = load_dataset(str(tmp_path / "one" / "out" / "r"), split="train").with_format("torch")
-    two = load_dataset(str(tmp_path / "two" / "out" / "r"), split="train").with_format("torch")
+    # load_folder, not load_dataset: datasets would read both folders (same name, same shape) from one cache
+    one = load_folder(tmp_path / "one" / "out" / "r", split="train").with_format("torch")
+    two = load_folder(tmp_path / "two" / "out" / "r", split="train").with_format("torch")
     assert torch.equal(one["pixel_values"][:], two["pixel_values"][:])
     assert torch.equal(one["label"][:], two["label"][:])
     losses = [[r["loss"] for r in records(tmp_path / n / "out" / "r") if "loss" in r] for n in ("one", "two")]

@@ -232,3 +232,20 @@ def test_live_push_and_load_back():
         assert torch.equal(loaded.images, synthetic.images) and loaded.results == [RESULT]
     finally:
         api.delete_repo(repo_id, repo_type="dataset", missing_ok=True)
+
+
+def test_folders_of_the_same_name_and_shape_read_back_their_own_rows(tmp_path):
+    """datasets 5.2 keys the cache of a carded folder by its name, features and file patterns, not its files:
+    a second set saved as .../b/set (or .../a/set rewritten) was read back with the first one's pixels."""
+    from cmidd_hf.data.loading import resolve_dataset
+
+    def save(folder, value):
+        SyntheticSet(torch.full((4, 1, 8, 8), value), torch.tensor([0, 1, 0, 1]), ["a", "b"], (0.5,), (0.5,),
+                     {"method": "test"}).save(folder)
+
+    a, b = tmp_path / "a" / "set", tmp_path / "b" / "set"
+    for folder, value in ((a, 0.25), (b, 0.75), (a, -0.5)):
+        save(folder, value)
+        assert load_synthetic(str(folder)).images.unique().tolist() == [value]
+        rows, _ = resolve_dataset(str(folder))
+        assert torch.tensor(rows["train"]["pixel_values"]).unique().tolist() == [value]

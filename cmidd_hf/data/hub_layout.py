@@ -1,21 +1,44 @@
-"""Write datasets in the exact layout ``push_to_hub`` produces, so ``load_dataset(folder)`` reads them back.
+"""Write datasets in the exact layout ``push_to_hub`` produces, and read such folders back (:func:`load_folder`).
 
 Folders are written to a temporary sibling and renamed into place: a crash never leaves half a dataset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from datasets import Dataset
+import datasets
+from datasets import Dataset, DatasetDict, load_dataset
 from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
+
+
+def load_folder(folder: str | os.PathLike, name: str | None = None,
+                split: str | None = None) -> Dataset | DatasetDict:
+    """``load_dataset`` of a local Hub-layout folder, its Arrow cache keyed by the folder's files.
+
+    For a folder whose card declares ``configs`` (every folder this library writes, and Hub snapshots),
+    ``datasets`` 5.2 keys its cache by the folder's *name*, the card's features and the file patterns, not by
+    the files: a second folder of the same name and shape (a rerun into the same ``output_dir``, a set saved
+    under another parent) was read back with the first one's rows. A fingerprint of every visible file
+    (relative path, size, modification time) gives each version of a folder a cache of its own.
+    """
+    root = Path(folder)
+    fingerprint = hashlib.sha256(str(root.resolve()).encode())
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            stat = path.stat()
+            fingerprint.update(f"{relative.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    cache_dir = Path(datasets.config.HF_DATASETS_CACHE) / "cmidd-local" / fingerprint.hexdigest()[:20]
+    return load_dataset(str(root), name=name, split=split, cache_dir=str(cache_dir))
 
 
 def write_hub_dataset(

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Image, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Image, Value
 from PIL import Image as PILImage
 
 from .errors import DataError
+from .hub_layout import load_folder
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_DATASETS = ("mnist-5k",)
@@ -77,7 +78,7 @@ def resolve_dataset(
         return DatasetDict({str(source.split or "train"): source}), None
     source = str(source)
     if source in EMBEDDED_DATASETS:
-        return load_dataset(str(EMBEDDED_DIR / source)), EMBEDDED_DIR / source
+        return load_folder(EMBEDDED_DIR / source), EMBEDDED_DIR / source
     if source in FASHION_MNIST_NAMES or source.startswith("idx:"):
         from .idx import fashion_mnist_folder, idx_to_hub_layout  # idx builds on this module
 
@@ -111,11 +112,11 @@ def resolve_dataset(
 
 
 def _load_folder(folder: str, config_name: str | None) -> DatasetDict:
-    """``load_dataset`` of a local folder; a folder it cannot read is a one-line DataError."""
+    """:func:`load_folder` of a local folder; a folder it cannot read is a one-line DataError."""
     from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError
 
     try:
-        return load_dataset(folder, name=config_name)
+        return load_folder(folder, name=config_name)
     except (DataFilesNotFoundError, DatasetNotFoundError, FileNotFoundError, ValueError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"dataset={folder!r} cannot be read as a Hub-layout dataset: {message}") from None

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Array3D, ClassLabel, Dataset, Features, Image, Sequence, Value, load_dataset
+from datasets import Array3D, ClassLabel, Dataset, Features, Image, Sequence, Value
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
 from ..data.errors import DataError
-from ..data.hub_layout import write_hub_dataset
+from ..data.hub_layout import load_folder, write_hub_dataset
 from ..data.loading import find_columns, known_stats
 from ..data.transforms import ZCA_FILE, ZCAWhitening
 from ..engine.parametrization import CondensedSet
@@ -332,7 +332,7 @@ def load_synthetic(
                         "finish, or resume it with --resume_from_checkpoint latest")
     configs = MetadataConfigs.from_dataset_card_data(card) if card is not None else MetadataConfigs()
     config = _pick_config(configs, config, str(source))
-    ds = load_dataset(str(folder), name=config, split="train")
+    ds = load_folder(folder, name=config, split="train")
     blocks = (card.to_dict().get("distillation") if card is not None else None) or {}
     block = dict(blocks.get(config or "default") or {})
     image_column, label_column = find_columns(ds.features)
