@@ -250,7 +250,9 @@ print(result)
 
 Without cmidd-hf: `datasets.load_dataset("{name}", split="train")` gives `image` (PNG, de-normalized and
 clipped), `label` and `pixel_values` — the exact optimized tensor in normalized space (mean
-{norm.get('mean')}, std {norm.get('std')}). Re-evaluate and record new results with
+{norm.get('mean')}, std {norm.get('std')}). From a local folder add `download_mode="force_redownload"`: `datasets`
+caches a folder by its name, so another folder of the same name would be read instead. Re-evaluate and record new
+results with
 `python scripts/evaluate_synthetic.py {name} --arch convnet3 alexnet_cifar --update-card`.
 
 ## Citation
