@@ -20,6 +20,11 @@ precision, and how many times that floor the iteration takes — comparable acro
     python scripts/bench_distill.py --method dc --precision fp32 --no_compile
     python scripts/bench_distill.py --method idc --ipc 10 --iterations 1 --set inner_loop=10
     python scripts/bench_distill.py --method idm --ipc 10
+    python scripts/bench_distill.py --method dm --ipc 10 --iterations 3 --profile 15   # + where the time goes
+
+``--profile K`` also prints, for each configuration, the K operators with the most self CPU time per iteration
+(``torch.profiler`` over the warm-up and timed iterations, divided by their number; compilation itself is not
+an operator and does not appear; the times printed then include the profiler's overhead: time without it).
 """
 
 from __future__ import annotations
@@ -62,8 +67,17 @@ def build(method: str, store, ipc: int, with_cmi: bool, precision: str, compile:
     return cls(config, context), regularizer
 
 
+def operator_table(profile, iterations: int, top: int) -> str:
+    """The ``top`` operators by self CPU time, in ms per iteration, with their share of the profiled time."""
+    events = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    lines = [f"      {e.key[:52]:52s} {e.self_cpu_time_total / 1e3 / iterations:9.1f} ms/it "
+             f"{100 * e.self_cpu_time_total / total:5.1f} %  ({e.count // iterations} calls/it)" for e in events[:top]]
+    return "\n".join([f"      {'operator (self CPU time)':52s} {total / 1e3 / iterations:9.1f} ms/it in all", *lines])
+
+
 def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool, iterations: int,
-            warmup: int, cmi_every: int, overrides: dict) -> dict:
+            warmup: int, cmi_every: int, overrides: dict, profile_top: int = 0) -> dict:
     from accelerate import Accelerator
 
     import cmidd_hf  # noqa: F401  (registers resnet18_cifar)
@@ -79,7 +93,11 @@ def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool
     with tempfile.TemporaryDirectory() as out:
         distiller = Distiller(Accelerator(cpu=True), algorithm, algorithm.init_synthetic(), regularizer,
                               warmup + iterations, out, {}, progress=False)
-        distiller.run()
+        if profile_top:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+                distiller.run()
+        else:
+            distiller.run()
         records = [json.loads(line) for line in RunFolder(out).metrics.read_text().splitlines()]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the timed run's, before the count
     eager, eager_regularizer = build(method, store, ipc, with_cmi, "fp32", False, cmi_every, overrides)
@@ -88,7 +106,8 @@ def measure(method: str, ipc: int, with_cmi: bool, precision: str, compile: bool
                                         out, {}, progress=False).run)
     times = [r["seconds"] for r in records][warmup:]
     return {"mean_s": statistics.mean(times), "median_s": statistics.median(times), "peak_rss_mb": peak_mb,
-            "image_steps": algorithm.image_steps_per_iteration, "gflop": gflop}
+            "image_steps": algorithm.image_steps_per_iteration, "gflop": gflop,
+            "profile": operator_table(profile, warmup + iterations, profile_top) if profile_top else ""}
 
 
 def main() -> None:
@@ -103,6 +122,8 @@ def main() -> None:
     parser.add_argument("--cmi_every", type=int, default=1)
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="method settings, e.g. inner_loop=10 (values parsed as YAML)")
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="also print the K operators with the most self CPU time per iteration")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.overrides)}
@@ -110,7 +131,7 @@ def main() -> None:
     if args._child:
         ipc, with_cmi = json.loads(args._child)
         print(json.dumps(measure(args.method, ipc, with_cmi, args.precision, not args.no_compile, iterations,
-                                 args.warmup, args.cmi_every, overrides)))
+                                 args.warmup, args.cmi_every, overrides, args.profile)))
         return
     print(f"{args.method.upper()} iteration, CIFAR-10 shape, official settings, precision {args.precision} "
           f"({resolve_precision(args.precision, 'cpu')} here), compile {not args.no_compile}, ResNet-18 proxy, "
@@ -123,7 +144,7 @@ def main() -> None:
         for with_cmi in (False, True):
             child = [sys.executable, __file__, "--_child", json.dumps([ipc, with_cmi]), "--method", args.method,
                      "--iterations", str(iterations), "--warmup", str(args.warmup), "--precision", args.precision,
-                     "--cmi_every", str(args.cmi_every), "--set", *args.overrides]
+                     "--cmi_every", str(args.cmi_every), "--profile", str(args.profile), "--set", *args.overrides]
             child += ["--no_compile"] if args.no_compile else []
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             result[with_cmi] = json.loads(out)
@@ -140,6 +161,8 @@ def main() -> None:
             floor = r["gflop"] / rate
             print(f"    {label}: {r['gflop']:.1f} GFLOP per iteration, floor {floor:.3f} s, "
                   f"{r['mean_s'] / floor:.1f}x the floor")
+            if r["profile"]:
+                print(r["profile"])
 
 
 if __name__ == "__main__":
