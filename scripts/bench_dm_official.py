@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 TIMING_PATCHES = '''import atexit, json, os, time
-import torch, torchvision.datasets as datasets
+import torch, torchvision.datasets.cifar as cifar
 
-datasets.CIFAR10._check_integrity = lambda self: True  # a fake archive: nothing to verify, nothing to download
+cifar.check_integrity = lambda *args, **kwargs: True  # a fake archive: nothing to verify, nothing to download
 _marks = []
 _step = torch.optim.SGD.step
 def _timed(self, *args, **kwargs):
@@ -80,7 +80,7 @@ def run_loop(source: Path, label: str, iterations: int, ipc: int, with_proxy: bo
                     f"torch.save(ResNet18(3, 10).state_dict(), {str(proxy)!r})")
             subprocess.run([sys.executable, "-c", make], cwd=work, env=env, check=True)
         command = [sys.executable, "main_DM.py", "--dataset", "CIFAR10", "--model", "ConvNet", "--ipc", str(ipc),
-                   "--Iteration", str(iterations), "--interval", str(iterations), "--num_eval", "0",
+                   "--Iteration", str(iterations), "--num_exp", "1", "--num_eval", "0",
                    "--data_path", str(Path(scratch) / "data"), "--save_path", str(Path(scratch) / "result")]
         run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
         if run.returncode != 0:
