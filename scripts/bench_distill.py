@@ -23,8 +23,8 @@ precision, and how many times that floor the iteration takes — comparable acro
     python scripts/bench_distill.py --method dm --ipc 10 --iterations 3 --profile 15   # + where the time goes
 
 ``--profile K`` also prints, for each configuration, the K operators with the most self CPU time per iteration
-(``torch.profiler`` over the warm-up and timed iterations, divided by their number; compilation itself is not
-an operator and does not appear; the times printed then include the profiler's overhead: time without it).
+(``torch.profiler`` over the warm-up and timed iterations, divided by their number; the compiler's own phases are
+left out; the times printed then include the profiler's overhead: time without it).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def build(method: str, store, ipc: int, with_cmi: bool, precision: str, compile:
 
 def operator_table(profile, iterations: int, top: int) -> str:
     """The ``top`` operators by self CPU time, in ms per iteration, with their share of the profiled time."""
-    events = sorted(profile.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    events = sorted((e for e in profile.key_averages() if "dynamo_timed" not in e.key),  # compilation: warm-up
+                    key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1
     lines = [f"      {e.key[:52]:52s} {e.self_cpu_time_total / 1e3 / iterations:9.1f} ms/it "
              f"{100 * e.self_cpu_time_total / total:5.1f} %  ({e.count // iterations} calls/it)" for e in events[:top]]
