@@ -23,7 +23,6 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn as nn
-from filelock import FileLock
 from timm.models import save_for_hf
 
 from ..data.loading import ImageClassificationData
@@ -31,6 +30,7 @@ from ..evaluation.protocols import EvalProtocol
 from ..evaluation.trainer import EpochStats, NetworkTrainer, StoreSet
 from .resolver import (
     ArtifactError,
+    cached_or_built,
     is_folder_spec,
     push_artifact,
     resolve_artifact,
@@ -158,18 +158,21 @@ def save_proxy(model: nn.Module, out_dir: str | os.PathLike, data: ImageClassifi
 
     The card's YAML holds ``model-index`` (test accuracy) and the training recipe (``training:``); no pickle.
     """
-    def build(staging: Path) -> None:
-        save_for_hf(
-            model, staging, safe_serialization=True,
-            model_config={"label_names": list(data.class_names)},
-            model_args={"num_classes": model.num_classes, "in_chans": data.channels,
-                        "img_size": list(data.image_size)},
-            data_config={"input_size": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
-                         "crop_pct": 1.0, "interpolation": "bilinear"},
-        )
-        (staging / "README.md").write_text(proxy_model_card(spec, index, accuracy, dataset_id, data))
+    return write_atomically(Path(out_dir), lambda staging: write_proxy_files(model, staging, data, spec, index,
+                                                                             accuracy, dataset_id))
 
-    return write_atomically(Path(out_dir), build)
+
+def write_proxy_files(model: nn.Module, folder: Path, data: ImageClassificationData, spec: ProxyTrainingSpec,
+                      index: int, accuracy: float | None, dataset_id: str) -> None:
+    """The files of a saved proxy, written into ``folder`` (see :func:`save_proxy`)."""
+    save_for_hf(
+        model, folder, safe_serialization=True,
+        model_config={"label_names": list(data.class_names)},
+        model_args={"num_classes": model.num_classes, "in_chans": data.channels, "img_size": list(data.image_size)},
+        data_config={"input_size": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
+                     "crop_pct": 1.0, "interpolation": "bilinear"},
+    )
+    (folder / "README.md").write_text(proxy_model_card(spec, index, accuracy, dataset_id, data))
 
 
 def push_proxy(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None):
@@ -328,18 +331,17 @@ def cached_or_trained(spec: ProxyTrainingSpec, data: ImageClassificationData, ca
                       device=None, progress: bool = True) -> list[tuple[str, tuple[nn.Module, dict]]]:
     """Proxies of ``spec``: loaded from ``cache_dir`` when present, else trained, saved there, and loaded.
 
-    Each proxy is trained under a file lock, so runs sharing a cache side by side train it once.
+    Each proxy is trained under a file lock (:func:`cached_or_built`), so runs sharing a cache side by side train
+    it once, and a finished one is read without the lock (read-only caches work).
     """
     out = []
     root = cache_dir / spec.cache_key(dataset_id.replace("/", "--"))
     for index in range(spec.count):
-        folder = root / f"proxy-{index}"
-        if not (folder / "model.safetensors").exists():  # a finished cache is read without a lock (read-only ok)
-            root.mkdir(parents=True, exist_ok=True)
-            with FileLock(root / f".proxy-{index}.lock"):
-                if not (folder / "model.safetensors").exists():
-                    model, accuracy = train_proxy(spec, data, index, device, progress)
-                    save_proxy(model, folder, data, spec, index, accuracy, dataset_id)
-                    logger.info("trained proxy %s: test accuracy %s", folder, accuracy)
+        def train(staging: Path, index: int = index) -> None:
+            model, accuracy = train_proxy(spec, data, index, device, progress)
+            write_proxy_files(model, staging, data, spec, index, accuracy, dataset_id)
+            logger.info("trained proxy %d of %s: test accuracy %s", index, root, accuracy)
+
+        folder = cached_or_built(root, f"proxy-{index}", train, lambda f: (f / "model.safetensors").exists())
         out.append((f"local-dir:{folder}", _load_one(f"local-dir:{folder}")))
     return out
