@@ -44,7 +44,9 @@ _PROBE = textwrap.dedent("""
         del big
         out["heap_kept"] = libc.mallinfo2().arena
     out["depth_after"] = cpu_memory._depth
-    out["after"] = mmapped_while_holding(64 * mib)  # larger than any block freed inside
+    # larger than any chunk freed inside: a free chunk that malloc_trim could not give back (something was
+    # allocated above it) would serve a smaller block from the heap whatever the thresholds are
+    out["after"] = mmapped_while_holding(2048 * mib)
     print(json.dumps(out))
 """)
 
@@ -58,7 +60,7 @@ def test_large_blocks_come_from_the_heap_inside_and_from_mmap_after():
     assert out["active"] and out["inside"] == 0
     assert out["depth_after_inner"] == 1 and out["inside_after_inner"] == 0  # the inner exit did not restore
     assert out["heap_kept"] >= 1536 * mib  # freed memory is never trimmed inside, however large
-    assert out["depth_after"] == 0 and out["after"] >= 64 * mib  # back to mmapping large blocks
+    assert out["depth_after"] == 0 and out["after"] >= 2048 * mib  # back to mmapping large blocks
 
 
 def test_disabled_is_a_no_op():
