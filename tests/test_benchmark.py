@@ -25,7 +25,7 @@ def load_script(name):
 @pytest.mark.slow
 def test_grid_runs_resumes_and_refuses_another_budget(tmp_path, capsys):
     benchmark = load_script("benchmark")
-    grid = ["--dataset", "mnist-5k", "--ipc", "1", "--methods", "random", "dm+cmi", "--seeds", "0",
+    grid = ["--dataset", "mnist-5k", "--ipc", "2", "--methods", "random", "dm+cmi", "--seeds", "0",
             "--iterations", "5", "--eval_epochs", "1", "--eval_runs", "1", "--output_dir", str(tmp_path / "grid"),
             "--cmi_weight", "dm+cmi=10", "--extra", f"dm+cmi=--config {TINY}",
             "random=--no_compile"]
@@ -35,13 +35,13 @@ def test_grid_runs_resumes_and_refuses_another_budget(tmp_path, capsys):
     rows = (tmp_path / "grid" / "results.csv").read_text().splitlines()
     assert rows[0].startswith("dataset,ipc,method,seed,accuracy") and len(rows) == 3
     assert (tmp_path / "grid" / "results.png").stat().st_size > 0
-    cmi_cell = json.loads((tmp_path / "grid" / "cells" / "dm+cmi-ipc1-seed0" / "result.json").read_text())
+    cmi_cell = json.loads((tmp_path / "grid" / "cells" / "dm+cmi-ipc2-seed0" / "result.json").read_text())
     assert "--cmi_weight 10" in cmi_cell["command"] and cmi_cell["final_cmi"] is not None
     assert "--eval_baseline false" in cmi_cell["command"]  # the grid's own random rows are the baseline
     # 5 iterations: 1/5 is iteration 1 (evaluated, read back), 1/10 is iteration 0 (no column value)
     assert "--eval_at 1 " in cmi_cell["command"] and "--eval_every " not in cmi_cell["command"]
     assert cmi_cell["acc_at_20pct"] is not None and cmi_cell["acc_at_10pct"] is None
-    records = (tmp_path / "grid" / "cells" / "dm+cmi-ipc1-seed0" / "set" / "metrics.jsonl").read_text()
+    records = (tmp_path / "grid" / "cells" / "dm+cmi-ipc2-seed0" / "set" / "metrics.jsonl").read_text()
     assert [json.loads(r)["step"] for r in records.splitlines() if '"evaluation"' in r][:-1] == [1]
     capsys.readouterr()
     assert benchmark.main(grid) == 0  # finished cells are not run again
@@ -49,6 +49,11 @@ def test_grid_runs_resumes_and_refuses_another_budget(tmp_path, capsys):
     changed = [a if a != "5" else "6" for a in grid]
     assert benchmark.main(changed) == 2
     assert "another budget (iterations" in capsys.readouterr().err
+    single = [a if a != "2" else "1" for a in grid]  # DM at IPC 1: a +cmi cell would be plain DM
+    with pytest.raises(SystemExit) as refused:
+        benchmark.main([*single, "--output_dir", str(tmp_path / "other")])
+    assert refused.value.code == 2 and "dm+cmi at ipc 1: one synthetic image per class" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
 
 
 def test_cells_evaluate_only_at_the_table_fractions():

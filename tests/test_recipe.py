@@ -177,7 +177,11 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
     method = config.parent.name.removesuffix("_cmi")
     recipe = parse_recipe(["--config", str(config), "--output_dir", str(tmp_path / "out")], method)
     validate(recipe)
-    assert recipe.run.method == method and recipe.cmi.cmi_weight > 0 and recipe.cmi.proxies
+    assert recipe.run.method == method
+    if recipe.method.decoded_per_class(recipe.synthetic.ipc) > 1:
+        assert recipe.cmi.cmi_weight > 0 and recipe.cmi.proxies
+    else:  # one image per class: a CMI of exactly 0, so the base method, without proxies to train
+        assert recipe.cmi.cmi_weight == 0 and not recipe.cmi.proxies and "exactly 0" in config.read_text()
     assert not (tmp_path / "out").exists()
     # the dataset is one the library knows how to load (embedded, Fashion-MNIST, or a Hub id with known stats)
     dataset = recipe.data.dataset
@@ -233,6 +237,7 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
         (["--dataset", "{tmp}/empty"], "cannot be read as a Hub-layout dataset"),
         (["--config", "{tmp}/broken.yaml"], "not valid YAML (line 2)"),
         (["--eval_at", "1", "99"], "eval_at=99: must be an iteration in 0.."),
+        (["--ipc", "1"], "cmi_weight=10 with 1 synthetic image per class: the class-aware CMI of one image"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(proxy_cache, tmp_path, capsys, extra, message):

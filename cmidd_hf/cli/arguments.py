@@ -235,6 +235,12 @@ def validate(recipe: DistillRecipe) -> None:
         if not timm.is_model(arch):
             raise ConfigError(f"eval_archs: unknown architecture {arch!r}; use a name registered by cmidd_hf "
                               "(convnet3, resnet18_cifar, ...) or any timm model")
+    per_class = recipe.method.decoded_per_class(recipe.synthetic.ipc)
+    if cmi.cmi_weight > 0 and per_class < 2:
+        raise ConfigError(f"cmi_weight={cmi.cmi_weight} with {per_class} synthetic image per class: the "
+                          "class-aware CMI of one image per class is exactly 0 (no class centre to pull toward), so "
+                          "the term would cost time and change nothing; set cmi_weight 0, or ipc >= 2, or a "
+                          "multi-formation method (idc, idm)")
     if cmi.cmi_weight > 0 and not cmi.proxies:
         raise ConfigError("cmi_weight > 0 needs proxies: set proxies (timm/hf-hub:/local-dir: names or a train: "
                           "spec in the YAML config)")

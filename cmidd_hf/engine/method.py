@@ -96,6 +96,10 @@ class MethodConfig:
         """Settings a checkpoint must share with the run resuming it."""
         return {"init": self.init}
 
+    def decoded_per_class(self, ipc: int) -> int:
+        """Images of each class in the decoded set (what evaluation and the CMI see) for ``ipc`` stored ones."""
+        return ipc
+
     def augmentation(self, dataset_name: str) -> str | None:
         """The DSA strategy the method applies on ``dataset_name`` (None: no augmentation)."""
         return None

@@ -141,6 +141,9 @@ class IDCConfig(MethodConfig):
     def identity(self) -> dict:
         return {**super().identity(), "net_arch": self.net_arch, "factor": self.factor}
 
+    def decoded_per_class(self, ipc: int) -> int:
+        return ipc * self.factor**2
+
     def augmentation(self, dataset_name: str) -> str | None:
         return self.match_augmentation
 

@@ -114,6 +114,9 @@ class IDMConfig(MethodConfig):
     def identity(self) -> dict:
         return {**super().identity(), "net_arch": self.net_arch, "factor": self.factor}
 
+    def decoded_per_class(self, ipc: int) -> int:
+        return ipc * self.factor**2
+
     def augmentation(self, dataset_name: str) -> str | None:
         return resolve_strategy(self.dsa_strategy, dataset_name)
 
