@@ -249,3 +249,11 @@ def test_folders_of_the_same_name_and_shape_read_back_their_own_rows(tmp_path):
         assert load_synthetic(str(folder)).images.unique().tolist() == [value]
         rows, _ = resolve_dataset(str(folder))
         assert torch.tensor(rows["train"]["pixel_values"]).unique().tolist() == [value]
+
+
+def test_card_floats_keep_six_significant_digits():
+    """Small settings survive the card (MTT's lr_lr 1e-7, IDC's lr_img 7.66e-5); long floats are shortened."""
+    from cmidd_hf.hub.card import plain
+
+    assert plain({"lr_lr": 1e-7, "lr_img": 7.65625e-5, "acc": 0.76216666666, "nan": float("nan")}) == {
+        "lr_lr": 1e-7, "lr_img": 7.65625e-5, "acc": 0.762167, "nan": "nan"}

@@ -84,7 +84,8 @@ KNOWN_LICENSES = {"mnist": "cc-by-sa-3.0", "fashion_mnist": "mit"}
 
 
 def plain(value):
-    """Numpy/torch scalars, tuples and paths -> plain Python, so card YAML stays loadable by the Hub."""
+    """Numpy/torch scalars, tuples and paths -> plain Python, so card YAML stays loadable by the Hub. Floats keep
+    6 significant digits (not 6 decimals: MTT's lr_lr 1e-7 must not read 0.0)."""
     if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -92,7 +93,7 @@ def plain(value):
     if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
         return plain(value.item() if value.ndim == 0 else value.tolist())
     if isinstance(value, float):
-        return round(value, 6) if math.isfinite(value) else str(value)
+        return float(f"{value:.6g}") if math.isfinite(value) else str(value)
     if isinstance(value, Path):
         return str(value)
     return value
