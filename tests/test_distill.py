@@ -241,15 +241,6 @@ FIXTURES = {"dm": TINY, **{m: ROOT / "tests" / "fixtures" / f"tiny_{m}_cmi.yaml"
                            for m in ("dc", "dsa", "idc", "idm", "mtt", "sre2l")}}
 
 
-def start_recipe(tmp_path, proxy_cache, method, *extra, launcher=None, env=None) -> subprocess.Popen:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen([*(launcher or [sys.executable]), str(ROOT / "recipes" / f"distill_{method}.py"),
-                             "--config", str(FIXTURES[method]), "--output_dir", str(tmp_path / "out"),
-                             "--proxy_cache_dir", str(proxy_cache), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-
-
 def free_port() -> int:
     """A port no other test (or parallel test worker) is using for its process group."""
     with socket.socket() as probe:
@@ -257,14 +248,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
-    stdout, stderr = process.communicate(timeout=600)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
 @pytest.fixture(scope="session")
 def tiny_proxies(proxy_cache):
-    """The fixtures' proxy spec (the same in all five) trained once into the session cache, so that runs
+    """The fixtures' proxy spec (the same in all of them) trained once into the session cache, so that runs
     started side by side only read it."""
     from cmidd_hf.artifacts.proxies import ProxyPool
 
@@ -275,38 +261,55 @@ def tiny_proxies(proxy_cache):
     return proxy_cache
 
 
+@pytest.fixture(scope="session")
+def one_and_two_process_runs(tiny_proxies, expert_cache, tiny_teacher, tmp_path_factory) -> Path:
+    """Every tiny fixture run by one process and by ``accelerate launch`` with two (MULTI_CPU), the two sides
+    side by side (their draws never depend on timing); each side runs the methods one after another
+    (tests/run_recipes.py). Returns the folder holding ``one/`` and ``two/``."""
+    root = tmp_path_factory.mktemp("one-and-two")
+    started = []
+    for side, launcher in (("one", [sys.executable]),
+                           ("two", [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                                    "--num_processes", "2", "--main_process_port", str(free_port())])):
+        plan = {method: {"master_port": free_port(),
+                         "argv": ["--config", str(config), "--output_dir", str(root / side / method), "--run_name",
+                                  "r", "--proxy_cache_dir", str(tiny_proxies), "--threads_per_process", "1",
+                                  *{"mtt": ["--expert_cache_dir", str(expert_cache)],
+                                    "sre2l": ["--teacher_cache_dir", str(tiny_teacher)]}.get(method, [])]}
+                for method, config in FIXTURES.items()}
+        (root / f"{side}.json").write_text(json.dumps(plan))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1"}
+        started.append(subprocess.Popen([*launcher, str(ROOT / "tests" / "run_recipes.py"), str(root / f"{side}.json"),
+                                         str(root / side / "logs")], stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=env, cwd=root))
+    for process in started:
+        output, _ = process.communicate(timeout=1200)
+        (root / f"{process.args[-1].split('/')[-2]}.log").write_text(output)
+    return root
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dm", "dc", "dsa", "idc", "idm", "mtt", "sre2l"])
-def test_one_and_two_processes_give_the_same_synthetic_set(tiny_proxies, tmp_path, method, request):
+@pytest.mark.parametrize("method", list(FIXTURES))
+def test_one_and_two_processes_give_the_same_synthetic_set(one_and_two_process_runs, method):
     """Bit-identical sets (same threads per process, so the same kernels); final runs split over processes.
-    The two runs go side by side (their draws never depend on timing). MTT splits its two trajectories and the
-    CMI term over the processes (data-parallel) instead of classes; SRe2L gives each process one of its two
-    blocks."""
-    common = ("--run_name", "r", "--threads_per_process", "1")
-    if method == "mtt":
-        common += ("--expert_cache_dir", str(request.getfixturevalue("expert_cache")))
-    if method == "sre2l":
-        common += ("--teacher_cache_dir", str(request.getfixturevalue("tiny_teacher")))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--main_process_port", str(free_port())]
-    started = start_recipe(tmp_path / "one", tiny_proxies, method, *common)
-    double = finish(start_recipe(tmp_path / "two", tiny_proxies, method, *common, launcher=launcher,
-                                 env={"ACCELERATE_USE_CPU": "1"}))
-    single = finish(started)
-    assert single.returncode == 0, single.stderr[-3000:]
-    assert double.returncode == 0, double.stderr[-3000:]
-    assert "accelerate: 2 process(es), MULTI_CPU" in double.stdout
-    assert "accelerate: 1 process(es)" in single.stdout
+    MTT splits its two trajectories and the CMI term over the processes (data-parallel) instead of classes;
+    SRe2L gives each process one of its two blocks."""
+    root = one_and_two_process_runs
+    for side, ranks in (("one", [0]), ("two", [0, 1])):
+        for rank in ranks:
+            codes = json.loads((root / side / "logs" / f"exit-codes.rank{rank}.json").read_text())
+            assert codes[method] == 0, (root / f"{side}.log").read_text()[-3000:]
+    assert "accelerate: 2 process(es), MULTI_CPU" in (root / "two" / "logs" / f"{method}.rank0.out").read_text()
+    assert "accelerate: 1 process(es)" in (root / "one" / "logs" / f"{method}.rank0.out").read_text()
     # load_folder, not load_dataset: datasets would read both folders (same name, same shape) from one cache
-    one = load_folder(tmp_path / "one" / "out" / "r", split="train").with_format("torch")
-    two = load_folder(tmp_path / "two" / "out" / "r", split="train").with_format("torch")
+    one, two = (load_folder(root / side / method / "r", split="train").with_format("torch") for side in ("one", "two"))
     assert torch.equal(one["pixel_values"][:], two["pixel_values"][:])
     assert torch.equal(one["label"][:], two["label"][:])
-    losses = [[r["loss"] for r in records(tmp_path / n / "out" / "r") if "loss" in r] for n in ("one", "two")]
+    losses = [[r["loss"] for r in records(root / side / method / "r") if "loss" in r] for side in ("one", "two")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # one float32 sum vs two partial sums
     finals = []
-    for n in ("one", "two"):
-        meta = yaml.safe_load((tmp_path / n / "out" / "r" / "README.md").read_text().split("---")[1])
+    for side in ("one", "two"):
+        meta = yaml.safe_load((root / side / method / "r" / "README.md").read_text().split("---")[1])
         block = meta["distillation"]["default"]
         (result,) = block["results"]
         finals.append(result["accuracies"])
