@@ -121,7 +121,8 @@ def expert_cache(tmp_path_factory) -> Path:
 
     spec = yaml.safe_load((Path(__file__).parent / "fixtures" / "tiny_mtt_cmi.yaml").read_text())["experts"]
     cache = tmp_path_factory.mktemp("expert-cache")
-    resolve_experts(spec, load_image_classification("mnist-5k"), cache, "mnist-5k", progress=False)
+    resolve_experts(spec, load_image_classification("mnist-5k"), cache, "mnist-5k", progress=False,
+                    compile=False)  # as the fixture's runs (compile: false)
     return cache
 
 

@@ -95,6 +95,24 @@ def test_expert_training_resumes_at_the_next_expert_and_refuses_another_recipe(m
         train_experts(ExpertRecipe(num_experts=2, epochs=2), data, tmp_path, "mnist-5k", progress=False)
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_the_runs_compile_setting_reaches_expert_training(mnist, tmp_path, monkeypatch, compile):
+    """--compile false (e.g. no C++ compiler for inductor) must hold for the experts a train: spec trains too."""
+    import cmidd_hf.artifacts.experts as experts_module
+
+    seen = []
+
+    def spy(recipe, data, folder, dataset_id, compile=True, **kwargs):
+        seen.append(compile)
+        raise KeyboardInterrupt  # nothing to train: only the setting is checked
+
+    monkeypatch.setattr(experts_module, "train_experts", spy)
+    config = MTTConfig(experts={"train": {"num_experts": 1, "epochs": 1}}, expert_cache_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        MTT.resolve_artifacts(config, mnist, progress=False, compile=compile)
+    assert seen == [compile]
+
+
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)

@@ -315,9 +315,9 @@ def push_experts(folder: str | os.PathLike, repo_id: str, private: bool = False,
 
 
 def resolve_experts(spec: str | Mapping, data: ImageClassificationData, cache_dir: str | os.PathLike,
-                    dataset_id: str, progress: bool = True) -> ExpertTrajectories:
-    """Experts of ``spec`` (``local-dir:``/``hf-hub:`` or ``{"train": {...}}``, trained once into ``cache_dir``),
-    checked against ``data``."""
+                    dataset_id: str, progress: bool = True, compile: bool = True) -> ExpertTrajectories:
+    """Experts of ``spec`` (``local-dir:``/``hf-hub:`` or ``{"train": {...}}``, trained once into ``cache_dir``,
+    with ``torch.compile`` unless ``compile`` is False), checked against ``data``."""
     if isinstance(spec, Mapping):
         if set(spec) != {"train"}:
             raise ExpertError(f"an experts mapping must be {{'train': {{...}}}}, got keys {sorted(spec)}")
@@ -330,7 +330,8 @@ def resolve_experts(spec: str | Mapping, data: ImageClassificationData, cache_di
                 return False
 
         folder = cached_or_built(cache_dir, recipe.cache_key(dataset_id.replace("/", "--")),
-                                 lambda staging: train_experts(recipe, data, staging, dataset_id, progress=progress),
+                                 lambda staging: train_experts(recipe, data, staging, dataset_id,
+                                                                       compile=compile, progress=progress),
                                  complete)
         experts = ExpertTrajectories(folder, {"name": "train", "path": str(folder), "recipe": asdict(recipe)})
     else:

@@ -77,7 +77,8 @@ def resolve_method_artifacts(recipe: DistillRecipe, data: ImageClassificationDat
     with accelerator.main_process_first():
         try:
             return get_method(recipe.run.method).resolve_artifacts(recipe.method, data,
-                                                                   progress=accelerator.is_main_process)
+                                                                   progress=accelerator.is_main_process,
+                                                                   compile=recipe.run.compile)
         except MethodConfigError as err:
             raise ConfigError(str(err)) from err
 

@@ -146,10 +146,12 @@ class DistillationMethod:
         self.seed, self.device = context.seed, torch.device(context.device)
 
     @classmethod
-    def resolve_artifacts(cls, config: MethodConfig, data, progress: bool = True) -> MethodArtifacts:
+    def resolve_artifacts(cls, config: MethodConfig, data, progress: bool = True,
+                          compile: bool = True) -> MethodArtifacts:
         """Resolve (download, or train once and cache) what the method reads besides the data; ``data`` is the
-        plain dataset. Called once per process, the main process first; raises MethodConfigError or
-        ArtifactError naming the setting and the fix."""
+        plain dataset; what it trains uses ``torch.compile`` only if ``compile`` (the run's setting). Called once
+        per process, the main process first; raises MethodConfigError or ArtifactError naming the setting and
+        the fix."""
         return MethodArtifacts()
 
     @property

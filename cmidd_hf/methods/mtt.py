@@ -142,10 +142,10 @@ class MTT(DistillationMethod):
     sharding = Sharding.DATA
 
     @classmethod
-    def resolve_artifacts(cls, config: MTTConfig, data, progress: bool = True) -> MethodArtifacts:
+    def resolve_artifacts(cls, config: MTTConfig, data, progress: bool = True, compile: bool = True) -> MethodArtifacts:
         """The experts (trained once into ``expert_cache_dir`` for a train: spec), checked against the data and
         the settings; their ZCA transform, if any, becomes the run's data transform."""
-        experts = resolve_experts(config.experts, data, config.expert_cache_dir, data.name, progress)
+        experts = resolve_experts(config.experts, data, config.expert_cache_dir, data.name, progress, compile)
         check_expert_epochs(config, experts.epochs)
         if config.zca != (experts.transform is not None):
             trained = "ZCA-whitened" if experts.transform is not None else "plain normalized"

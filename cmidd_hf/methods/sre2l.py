@@ -192,7 +192,8 @@ class SRe2L(DistillationMethod):
     sharding = Sharding.CLASS
 
     @classmethod
-    def resolve_artifacts(cls, config: SRe2LConfig, data, progress: bool = True) -> MethodArtifacts:
+    def resolve_artifacts(cls, config: SRe2LConfig, data, progress: bool = True,
+                          compile: bool = True) -> MethodArtifacts:
         """The teacher, through the proxies' resolver (trained once and cached for a train: spec); refused
         without BatchNorm layers."""
         pool = ProxyPool.from_pretrained([config.teacher], data, cache_dir=config.teacher_cache_dir,
