@@ -14,7 +14,7 @@ from huggingface_hub import DatasetCard
 
 from cmidd_hf.artifacts.experts import ExpertRecipe
 from cmidd_hf.artifacts.proxies import ProxyTrainingSpec, expand_specs
-from cmidd_hf.cli.arguments import parse_recipe
+from cmidd_hf.cli.arguments import parse_recipe, validate
 from cmidd_hf.cli.runner import available_cpus, main_entry
 from cmidd_hf.data.loading import EMBEDDED_DATASETS, FASHION_MNIST_NAMES, known_stats
 from cmidd_hf.engine.errors import ConfigError
@@ -62,9 +62,10 @@ def test_outputs_are_a_hub_layout_dataset_with_card(finished_run):
 
 
 def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(proxy_cache, tmp_path, capsys):
-    """The quickstart's shipped default (no --config; compiled, its own proxy spec) shortened: it evaluates
-    the random real subset too, prints the gain against it, and the set's CMI before and after; the initial
-    CMI is that of the initial set, recomputed here from the cached proxies."""
+    """The quickstart's shipped default (no --config; compiled) shortened: it evaluates the random real subset
+    too, prints the gain against it, and the set's CMI before and after; the initial CMI is that of the initial
+    set, recomputed here from the cached proxies. The proxies come as a command-line train: spec, the tests'
+    small one (trained once per session; training the default's two ConvNet-3s is the quickstart's job)."""
     from cmidd_hf.artifacts.proxies import ProxyPool
     from cmidd_hf.cli.runner import build_method
     from cmidd_hf.cmi.class_aware import dataset_cmi
@@ -72,7 +73,8 @@ def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(proxy_
 
     default = ROOT / "recipes" / "configs" / "dm_cmi" / "mnist-5k_ipc10.yaml"
     args = ["--output_dir", str(tmp_path / "out"), "--proxy_cache_dir", str(proxy_cache),
-            "--iterations", "3", "--eval_runs", "2", "--eval_epochs", "2", "--checkpoint_every", "0"]
+            "--iterations", "3", "--eval_runs", "2", "--eval_epochs", "2", "--checkpoint_every", "0",
+            "--proxies", "{train: {arch: convnet3_w32, count: 2, epochs: 1, batch_size: 512}}"]
     assert main_entry(args, default) == 0
     out = capsys.readouterr().out
     assert "final accuracy convnet3 [dsa, 2 epochs, 2 runs]" in out
@@ -85,11 +87,14 @@ def test_default_run_prints_random_baseline_gain_and_initial_to_final_cmi(proxy_
     assert baseline["kind"] == "random real subset, ipc 10" and len(baseline["accuracies"]) == 2
 
     recipe = parse_recipe(args, "dm", default)
+    validate(recipe)  # the command-line spec becomes the mapping the run trained
+    assert recipe.cmi.proxies == yaml.safe_load(TINY.read_text())["proxies"]
+    assert yaml.safe_load((tmp_path / "out" / "mnist-5k-dm-cmi-ipc10" / "config.yaml").read_text())["compile"]
     data = load_image_classification(recipe.data.dataset)
     initial = build_method(recipe, data, torch.device("cpu")).init_synthetic().decode()
     pool = ProxyPool.from_pretrained(recipe.cmi.proxies, data, cache_dir=recipe.cmi.proxy_cache_dir)
     values = dataset_cmi(*(t.detach() for t in initial), list(pool), space="feature", num_classes=10)
-    assert block["initial_cmi"] == pytest.approx(sum(values) / len(values), abs=5e-7)  # the card keeps 6 decimals
+    assert block["initial_cmi"] == pytest.approx(sum(values) / len(values), rel=1e-5)  # the card keeps 6 digits
     assert block["initial_cmi"] != pytest.approx(block["final_cmi"], rel=1e-6)
 
 
@@ -172,7 +177,6 @@ def test_config_defaults_cli_overrides_and_unknown_keys(tmp_path):
 @pytest.mark.parametrize("config", sorted((ROOT / "recipes" / "configs").glob("*/*.yaml")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_config_parses_and_validates(config, tmp_path):
-    from cmidd_hf.cli.arguments import validate
 
     method = config.parent.name.removesuffix("_cmi")
     recipe = parse_recipe(["--config", str(config), "--output_dir", str(tmp_path / "out")], method)
@@ -227,6 +231,7 @@ def test_every_shipped_config_parses_and_validates(config, tmp_path):
         (["--net_arch", "convnet99"], "net_arch: unknown architecture 'convnet99'"),
         (["--proxies", "no_such_proxy_net"], "unknown proxy 'no_such_proxy_net'"),
         (["--proxies", "resnet18_cifar_bn"], "proxy 'resnet18_cifar_bn' could not be loaded"),
+        (["--proxies", "{arch: convnet3}"], "proxies: a mapping must be {train: {...}}, got keys ['arch']"),
         (["--resume_from_checkpoint", "latest"], "holds no checkpoint"),
         (["--dsa_strategy", "color_blur"], "dsa_strategy"),
         (["--push_to_hub", "no-namespace"], "push_to_hub='no-namespace': use the form 'org/name'"),
@@ -415,7 +420,6 @@ def fashion_experts(data, recipe, folder: Path) -> Path:
 def test_every_fashion_mnist_config_starts_on_the_real_set(config, fashion_mnist, tmp_path):
     """The budget study's presets (issue #20): parsed, validated, the method built on the real Fashion-MNIST,
     its set initialized and one image step's losses computed for two classes."""
-    from cmidd_hf.cli.arguments import validate
     from cmidd_hf.cli.runner import build_method
 
     method = config.parent.name.removesuffix("_cmi")

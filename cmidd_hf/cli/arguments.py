@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from ..artifacts.resolver import ArtifactError, parse_spec
 from ..engine.errors import ConfigError
 from ..engine.precision import PRECISIONS
 from ..evaluation.protocols import PROTOCOLS
@@ -80,8 +81,9 @@ class CMIArguments:
                                                                  "CPUs/GPUs with native bf16; auto: bf16 there)",
                                                          "choices": list(PRECISIONS)})
     proxies: list[str] = field(default_factory=list, metadata={
-        "help": "proxy networks: timm names, hf-hub:org/name, local-dir:/path, transformers:org/name; in YAML "
-                "also {train: {arch, count, epochs, ...}} to train them once and cache"})
+        "help": "proxy networks: timm names, hf-hub:org/name, local-dir:/path, transformers:org/name, or "
+                "{train: {arch, count, epochs, ...}} (YAML; a flow mapping on the command line) to train them once "
+                "and cache"})
     proxy_cache_dir: str = field(default="outputs/proxy-cache")
 
 
@@ -243,7 +245,11 @@ def validate(recipe: DistillRecipe) -> None:
                           "multi-formation method (idc, idm)")
     if cmi.cmi_weight > 0 and not cmi.proxies:
         raise ConfigError("cmi_weight > 0 needs proxies: set proxies (timm/hf-hub:/local-dir: names or a train: "
-                          "spec in the YAML config)")
+                          "spec)")
+    try:  # --proxies '{train: {...}}' on the command line, as --experts / --teacher
+        cmi.proxies = [parse_spec("proxies", spec) for spec in cmi.proxies]
+    except ArtifactError as err:
+        raise ConfigError(str(err)) from None
     if run.report_to in ("tensorboard", "wandb"):
         from accelerate.utils import is_tensorboard_available, is_wandb_available
 
