@@ -90,7 +90,7 @@ def test_transformers_image_classifier_proxy(mnist, tmp_path):
 
 
 def test_train_spec_is_trained_once_then_cached(mnist, tmp_path):
-    spec = ProxyTrainingSpec(arch="convnet3", count=1, epochs=1, batch_size=1024)
+    spec = ProxyTrainingSpec(arch="convnet3_w32", count=1, epochs=1, batch_size=1024)
     first = cached_or_trained(spec, mnist, tmp_path, "mnist-5k", progress=False)
     stamp = (tmp_path / spec.cache_key("mnist-5k") / "proxy-0" / "model.safetensors").stat().st_mtime_ns
     second = cached_or_trained(spec, mnist, tmp_path, "mnist-5k", progress=False)
