@@ -23,11 +23,11 @@ def load_script(name):
 
 
 @pytest.mark.slow
-def test_grid_runs_resumes_and_refuses_another_budget(tmp_path, capsys):
+def test_grid_runs_resumes_and_refuses_another_budget(tmp_path, proxy_cache, capsys):
     benchmark = load_script("benchmark")
     grid = ["--dataset", "mnist-5k", "--ipc", "2", "--methods", "random", "dm+cmi", "--seeds", "0",
             "--iterations", "5", "--eval_epochs", "1", "--eval_runs", "1", "--output_dir", str(tmp_path / "grid"),
-            "--cmi_weight", "dm+cmi=10", "--extra", f"dm+cmi=--config {TINY}",
+            "--cmi_weight", "dm+cmi=10", "--extra", f"dm+cmi=--config {TINY} --proxy_cache_dir {proxy_cache}",
             "random=--no_compile"]
     assert benchmark.main(grid) == 0
     table = (tmp_path / "grid" / "results.md").read_text()
