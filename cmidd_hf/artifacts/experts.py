@@ -329,10 +329,10 @@ def resolve_experts(spec: str | Mapping, data: ImageClassificationData, cache_di
             except ExpertError:
                 return False
 
-        folder = cached_or_built(cache_dir, recipe.cache_key(dataset_id.replace("/", "--")),
-                                 lambda staging: train_experts(recipe, data, staging, dataset_id,
-                                                                       compile=compile, progress=progress),
-                                 complete)
+        def build(staging: Path) -> None:
+            train_experts(recipe, data, staging, dataset_id, compile=compile, progress=progress)
+
+        folder = cached_or_built(cache_dir, recipe.cache_key(dataset_id.replace("/", "--")), build, complete)
         experts = ExpertTrajectories(folder, {"name": "train", "path": str(folder), "recipe": asdict(recipe)})
     else:
         experts = ExpertTrajectories.from_spec(str(spec))

@@ -194,8 +194,8 @@ class SRe2L(DistillationMethod):
     @classmethod
     def resolve_artifacts(cls, config: SRe2LConfig, data, progress: bool = True,
                           compile: bool = True) -> MethodArtifacts:
-        """The teacher, through the proxies' resolver (trained once and cached for a train: spec); refused
-        without BatchNorm layers."""
+        """The teacher, through the proxies' resolver (trained once and cached for a train: spec, eagerly as
+        every proxy, so ``compile`` does not apply); refused without BatchNorm layers."""
         pool = ProxyPool.from_pretrained([config.teacher], data, cache_dir=config.teacher_cache_dir,
                                          dataset_id=data.name, progress=progress)
         teacher, name = pool[0], pool.names[0]
