@@ -1,0 +1,1 @@
+python recipes/distill_dm.py --config recipes/configs/dm_cmi/fashion-mnist_ipc10.yaml --seed 0 --threads_per_process 1 --proxy_cache_dir grids/fmnist-budget-ipc10/proxy-cache --output_dir grids/fmnist-budget-ipc10/dm+cmi-seed0 --run_name set --eval_baseline false --resume_from_checkpoint latest
