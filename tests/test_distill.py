@@ -279,12 +279,13 @@ def one_and_two_process_runs(tiny_proxies, expert_cache, tiny_teacher, tmp_path_
                 for method, config in FIXTURES.items()}
         (root / f"{side}.json").write_text(json.dumps(plan))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1"}
-        started.append(subprocess.Popen([*launcher, str(ROOT / "tests" / "run_recipes.py"), str(root / f"{side}.json"),
-                                         str(root / side / "logs")], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=env, cwd=root))
-    for process in started:
+        started.append((side, subprocess.Popen([*launcher, str(ROOT / "tests" / "run_recipes.py"),
+                                                str(root / f"{side}.json"), str(root / side / "logs")],
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                               cwd=root)))
+    for side, process in started:
         output, _ = process.communicate(timeout=1200)
-        (root / f"{process.args[-1].split('/')[-2]}.log").write_text(output)
+        (root / f"{side}.log").write_text(output)
     return root
 
 
