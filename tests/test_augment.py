@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cmidd_hf.data.augment import AugmentParams, DiffAugment, apply, parse_strategy
+from cmidd_hf.data.augment import AugmentParams, DiffAugment, apply, parse_strategy, transfer_at_once
 
 FULL = "color_crop_cutout_flip_scale_rotate"
 
@@ -115,3 +115,23 @@ def test_strategy_parsing():
     assert parse_strategy(None) == [] and parse_strategy("none") == []
     with pytest.raises(ValueError, match="unknown DSA op"):
         parse_strategy("color_blur")
+
+
+def test_parameters_reach_a_device_in_one_exact_copy_with_their_dtypes():
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.rand(5, generator=g), torch.randint(-2 ** 40, 2 ** 40, (3,), generator=g),
+               torch.rand(4, generator=g) < 0.5, torch.rand(1, generator=g) * 1e-30]
+    for sent, arrived in zip(tensors, transfer_at_once(tensors, torch.device("cpu")), strict=True):
+        assert arrived.dtype == sent.dtype and torch.equal(arrived, sent)
+
+
+def test_params_move_to_another_device_once_and_keep_python_read_sizes_on_the_host():
+    params = DiffAugment("cutout_scale", mode="idc").sample(4, (16, 16), torch.Generator().manual_seed(4))
+    moved = params.on(torch.device("meta"))
+    assert params.on(torch.device("meta")) is moved  # moved once, reused by the siamese batch
+    assert params.on(torch.device("cpu")) is params.ops  # already there: nothing copied
+    for (name, sent), (moved_name, arrived) in zip(params.ops, moved, strict=True):
+        assert name == moved_name and sent.keys() == arrived.keys()
+        for key, tensor in arrived.items():
+            assert tensor.device.type == ("cpu" if key == "size" else "meta")
+            assert tensor.dtype == sent[key].dtype and tensor.shape == sent[key].shape

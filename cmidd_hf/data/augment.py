@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+_HOST_PARAMS = frozenset({"size"})  # read as Python numbers: kept on the host (reading one off a GPU waits for it)
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,35 @@ class AugmentParams:
     """
 
     ops: list[tuple[str, dict[str, torch.Tensor]]] = field(default_factory=list)
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def names(self) -> list[str]:
         return [name for name, _ in self.ops]
+
+    def on(self, device: torch.device) -> list[tuple[str, dict[str, torch.Tensor]]]:
+        """The ops with their tensors on ``device``, moved once (kept for the next batch, e.g. the siamese one)
+        in a single transfer: on a GPU every copy from pageable memory first waits for the queue to drain."""
+        device = torch.device(device)
+        moving = [(i, k) for i, (_, p) in enumerate(self.ops) for k, v in p.items()
+                  if v.device != device and k not in _HOST_PARAMS]
+        if not moving:
+            return self.ops
+        if device not in self._on_device:
+            moved = [dict(p) for _, p in self.ops]
+            arrived = transfer_at_once([self.ops[i][1][k] for i, k in moving], device)
+            for (i, k), tensor in zip(moving, arrived, strict=True):
+                moved[i][k] = tensor
+            self._on_device[device] = [(name, p) for (name, _), p in zip(self.ops, moved, strict=True)]
+        return self._on_device[device]
+
+
+def transfer_at_once(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """``tensors`` on ``device`` through one packed float64 copy (exact for float32, bool and integers below
+    2**53, which is all augmentation parameters hold), each with its own dtype and shape again."""
+    packed = torch.cat([t.reshape(-1).double() for t in tensors]).to(device)
+    parts = packed.split([t.numel() for t in tensors])
+    return [part.view(t.shape).to(t.dtype) for t, part in zip(tensors, parts, strict=True)]
 
 
 def parse_strategy(strategy: str | None) -> list[str]:
@@ -156,8 +182,8 @@ class DiffAugment:
 
 def apply(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     """Apply sampled parameters to an NCHW batch (differentiable in ``x``)."""
-    for name, p in params.ops:
-        x = _OPS[name](x, {k: v.to(x.device) for k, v in p.items()})
+    for name, p in params.on(x.device):
+        x = _OPS[name](x, p)
     return x
 
 

@@ -296,6 +296,7 @@ class RealImageStore:
         self.image_shape = image_shape
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._statistics: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.class_positions = [torch.nonzero(self.labels == c).flatten() for c in range(num_classes)]
 
     def __len__(self) -> int:
@@ -320,9 +321,19 @@ class RealImageStore:
         return self.source[self.indices[positions]]
 
     def normalize(self, images_u8: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-        """uint8 [n, C, H, W] -> normalized float32 on ``device``."""
+        """uint8 [n, C, H, W] -> normalized float32 on ``device`` (to a GPU through pinned memory, so the copy
+        does not wait for the work queued before it)."""
+        if device is not None and torch.device(device).type == "cuda" and images_u8.device.type == "cpu":
+            images_u8 = images_u8.pin_memory()
         x = images_u8.to(device=device, non_blocking=True).float().div_(255.0)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean, std = self._statistics_on(x.device)
+        return (x - mean) / std
+
+    def _statistics_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) on ``device``, copied there once."""
+        if device not in self._statistics:
+            self._statistics[device] = (self.mean.to(device), self.std.to(device))
+        return self._statistics[device]
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         if self.transform is not None:

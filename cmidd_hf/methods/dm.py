@@ -114,9 +114,12 @@ class DistributionMatching(DistillationMethod):
         images, _ = synthetic.decode(classes)
         per_class = len(images) // max(len(classes), 1)
         height_width = tuple(images.shape[-2:])
+        positions = [self.real.sample_positions(c, self.batch_real, generator(self.seed, "dm-real", step, c))
+                     for c in classes]
+        real_images = self.real.images(torch.cat(positions), self.device)  # one gather and one transfer
         real_batches, syn_batches = [], []
         for i, c in enumerate(classes):
-            real = self.real.sample(c, self.batch_real, generator(self.seed, "dm-real", step, c), self.device)
+            real = real_images[i * self.batch_real:(i + 1) * self.batch_real]
             syn = images[i * per_class:(i + 1) * per_class]
             if self.augment.enabled:
                 params = self.augment.sample(0, height_width, generator(self.seed, "dm-dsa", step, c),
