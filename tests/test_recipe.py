@@ -14,8 +14,9 @@ from huggingface_hub import DatasetCard
 
 from cmidd_hf.artifacts.experts import ExpertRecipe
 from cmidd_hf.artifacts.proxies import ProxyTrainingSpec, expand_specs
+from cmidd_hf.cli import runner
 from cmidd_hf.cli.arguments import parse_recipe, validate
-from cmidd_hf.cli.runner import available_cpus, main_entry
+from cmidd_hf.cli.runner import available_cpus, main_entry, set_process_threads
 from cmidd_hf.data.loading import EMBEDDED_DATASETS, FASHION_MNIST_NAMES, known_stats
 from cmidd_hf.engine.errors import ConfigError
 from cmidd_hf.engine.method import Sharding, get_method
@@ -460,3 +461,15 @@ def test_default_threads_follow_the_cpu_affinity(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     assert available_cpus() == 1
+
+
+def test_process_threads_follow_the_request_else_share_the_cores(monkeypatch):
+    """On every device (a GPU run once kept all cores per process and ignored --threads_per_process)."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runner, "available_cpus", lambda: 16)
+    try:
+        assert set_process_threads(3, 4) == 3
+        assert set_process_threads(None, 4) == 4
+        assert set_process_threads(None, 32) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -132,6 +132,14 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def set_process_threads(requested: int | None, num_processes: int) -> int:
+    """Intra-op CPU threads of this process: ``requested``, else the cores shared between the processes. On every
+    device: `accelerate launch` sets OMP_NUM_THREADS=1 on CPUs, and processes driving GPUs still run host work
+    (sampling, augmentation draws) that N processes × all cores would oversubscribe."""
+    torch.set_num_threads(requested or max(1, available_cpus() // num_processes))
+    return torch.get_num_threads()
+
+
 def run_distillation(recipe: DistillRecipe) -> dict:
     """Run one distillation; returns the final evaluation summary. Raises ConfigError & co. on bad input."""
     validate(recipe)
@@ -144,8 +152,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         project_config=ProjectConfiguration(project_dir=str(folder.root), logging_dir=str(folder.logs)),
     )
     device = accelerator.device
-    if device.type == "cpu":  # `accelerate launch` sets OMP_NUM_THREADS=1; share the cores between processes
-        torch.set_num_threads(run.threads_per_process or max(1, available_cpus() // accelerator.num_processes))
+    set_process_threads(run.threads_per_process, accelerator.num_processes)
     accelerator.print(f"accelerate: {accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
                       f"device {device}, {torch.get_num_threads()} threads per process")
     data = load_image_classification(
