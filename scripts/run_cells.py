@@ -1,0 +1,204 @@
+"""Run the budget study's cells (issue #20) side by side until a deadline, then stop every run with a checkpoint;
+the next call continues them. Built for borrowed time on one machine: a GPU call, a working session.
+
+A manifest (YAML) names each cell: the recipe, its preset, the budget, the seeds, and λ — fixed, or chosen on the
+validation split among a few values at a tenth of the budget (seed 0). Each cell then has the jobs
+``select-lambda<λ>`` (only when λ is chosen), ``base-seed<s>`` (λ 0) and ``cmi-seed<s>`` (the chosen λ, started
+once every selection run has finished; the choice and its scores land in ``<cell>/lambda.json``). Every job is one
+recipe run in ``<root>/<cell>/<job>/set``: finished once its card (README.md) exists, resumed from its latest
+checkpoint otherwise.
+
+    python scripts/run_cells.py scripts/results/fashion-mnist/budget-cells.yaml --cells dsa-ipc10 \\
+        --deadline 500 --parallel 6 --extra --threads_per_process 2 --compile true --pack $OUT/cells.tgz
+"""
+
+import argparse
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_GRACE_S = 90  # a stopped run writes its checkpoint within this, else it is killed
+
+
+@dataclass
+class Job:
+    """One recipe run of a cell."""
+
+    cell: dict
+    name: str
+    seed: int
+    iterations: int
+    weight: float | None  # None: the cell's λ, chosen once its selection runs have finished
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.cell["root"]) / self.cell["name"] / self.name
+
+    @property
+    def finished(self) -> bool:
+        return (self.folder / "set" / "README.md").exists()
+
+    def command(self, weight: float, extra: list[str]) -> list[str]:
+        resume = ["--resume_from_checkpoint", "latest"] if list(self.folder.glob("set/checkpoints/step_*")) else []
+        return [sys.executable, str(ROOT / "recipes" / f"distill_{self.cell['recipe']}.py"),
+                "--config", self.cell["config"], "--seed", str(self.seed), "--iterations", str(self.iterations),
+                "--cmi_weight", f"{weight:g}", "--proxy_cache_dir", self.cell["proxy_cache_dir"],
+                "--output_dir", str(self.folder), "--run_name", "set", "--eval_baseline", "false",
+                *self.cell.get("args", []), *self.args, *extra, *resume]
+
+
+def cell_jobs(cell: dict) -> list[Job]:
+    """The jobs of one manifest cell, selection first."""
+    jobs, lam = [], cell["lambda"]
+    if isinstance(lam, dict):  # chosen on the validation split among lam["select"]
+        half = lam["iterations"] // 2  # one mid-run network; the presets' own eval_at lie past a short run
+        for value in lam["select"]:
+            jobs.append(Job(cell, f"select-lambda{value:g}", lam.get("seed", 0), lam["iterations"], float(value),
+                            ["--eval_every", "0", "--eval_at", str(half), *lam.get("args", [])]))
+    for seed in cell["seeds"]:
+        jobs.append(Job(cell, f"base-seed{seed}", seed, cell["iterations"], 0.0))
+        jobs.append(Job(cell, f"cmi-seed{seed}", seed, cell["iterations"],
+                        None if isinstance(lam, dict) else float(lam)))
+    return jobs
+
+
+def chosen_weight(cell: dict, jobs: list[Job]) -> float | None:
+    """The cell's λ: fixed, or the selection value of best mean validation accuracy once all have finished."""
+    if not isinstance(cell["lambda"], dict):
+        return float(cell["lambda"])
+    selection = [j for j in jobs if j.cell is cell and j.name.startswith("select-")]
+    if not all(j.finished for j in selection):
+        return None
+    from cmidd_hf.hub.synthetic_set import load_synthetic
+
+    scores = {}
+    for job in selection:
+        validation = load_synthetic(job.folder / "set").results[0].get("validation_accuracies")
+        if not validation:
+            raise SystemExit(f"error: {job.folder}/set has no validation accuracies; give the cell's preset "
+                             "validation_per_class > 0 so λ is chosen on held-out data, never on test")
+        scores[job.weight] = sum(validation) / len(validation)
+    best = max(scores, key=scores.get)
+    record = Path(cell["root"]) / cell["name"] / "lambda.json"
+    record.write_text(json.dumps({"chosen": best, "validation": {f"{k:g}": v for k, v in scores.items()},
+                                  "iterations": cell["lambda"]["iterations"]}, indent=2) + "\n")
+    return best
+
+
+def load_cells(manifest: Path, names: list[str] | None) -> list[dict]:
+    """The manifest's cells (all, or those named), each carrying the manifest's root and proxy cache; the manifest's
+    paths are relative to the repository root (or absolute)."""
+    spec = yaml.safe_load(manifest.read_text())
+    shared = {"root": str(ROOT / spec["root"]), "proxy_cache_dir": str(ROOT / spec["proxy_cache_dir"])}
+    cells = {c["name"]: {**shared, **c, "config": str(ROOT / c["config"])} for c in spec["cells"]}
+    unknown = sorted(set(names or []) - cells.keys())
+    if unknown:
+        raise SystemExit(f"error: --cells {' '.join(unknown)}: not in {manifest} (it has {', '.join(cells)})")
+    for cell in cells.values():
+        if not Path(cell["config"]).is_file():
+            raise SystemExit(f"error: cell {cell['name']}: config {cell['config']} does not exist")
+    return [cells[n] for n in names] if names else list(cells.values())
+
+
+def last_line(log: Path) -> str:
+    """The last progress line of a run's log (tqdm redraws with carriage returns)."""
+    text = log.read_text(errors="replace").replace("\r", "\n") if log.exists() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:140] if lines else ""
+
+
+def run(jobs: list[Job], cells: list[dict], deadline_s: float, parallel: int, extra: list[str]) -> None:
+    """Start ready jobs up to ``parallel`` at a time until all finish or the deadline; then stop them cleanly."""
+    started, last_report = time.monotonic(), 0.0
+    running: dict[str, tuple[Job, subprocess.Popen]] = {}
+    pending, failed = [j for j in jobs if not j.finished], set()
+    while pending or running:
+        for key, (job, proc) in list(running.items()):
+            if proc.poll() is not None:
+                del running[key]
+                if proc.returncode != 0:
+                    failed.add(key)
+                    print(f"[{key}] exit {proc.returncode}: {last_line(job.folder / 'log.txt')}", flush=True)
+        if time.monotonic() - started >= deadline_s:
+            break
+        for job in list(pending):
+            weight = job.weight if job.weight is not None else chosen_weight(job.cell, jobs)
+            if len(running) >= parallel or weight is None:
+                continue  # no free slot, or its λ is not chosen yet
+            job.folder.mkdir(parents=True, exist_ok=True)
+            command = job.command(weight, extra)
+            print(f"[{job.cell['name']}/{job.name}] {shlex.join(command[1:])}", flush=True)
+            with open(job.folder / "log.txt", "a") as log:
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            running[f"{job.cell['name']}/{job.name}"] = (job, proc)
+            pending.remove(job)
+        if not running:
+            break  # what is left waits on a selection that failed
+        if time.monotonic() - last_report >= 60:
+            last_report = time.monotonic()
+            for key, (job, _) in running.items():
+                print(f"  {key}: {last_line(job.folder / 'log.txt')}", flush=True)
+        time.sleep(1)
+    for _, proc in running.values():
+        proc.send_signal(signal.SIGTERM)  # each run checkpoints and exits
+    for _, proc in running.values():
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for cell in cells:
+        chosen_weight(cell, jobs)
+    print(f"after {time.monotonic() - started:.0f} s:")
+    for job in jobs:
+        key = f"{job.cell['name']}/{job.name}"
+        state = ("finished" if job.finished else "failed" if key in failed
+                 else "to continue" if job.folder.exists() else "not started")
+        print(f"  {key}: {state}; {last_line(job.folder / 'log.txt')}", flush=True)
+
+
+def pack(cells: list[dict], path: Path) -> None:
+    """The cells' folders as one archive of ``<cell>/<job>/...`` (unpack it into the manifest's root): an unfinished
+    run keeps only its latest checkpoint (what a resume needs), a finished one none."""
+    with tarfile.open(path, "w:gz") as archive:
+        for cell in cells:
+            root = Path(cell["root"])
+            stale = set()
+            for checkpoints in (root / cell["name"]).glob("*/set/checkpoints"):
+                steps = sorted(checkpoints.glob("step_*"))
+                keep = 0 if (checkpoints.parent / "README.md").exists() else 1
+                stale.update(str(p.relative_to(root)) for p in steps[: len(steps) - keep])
+            if (root / cell["name"]).exists():
+                archive.add(root / cell["name"], arcname=cell["name"],
+                            filter=lambda info, stale=stale: None if info.name in stale else info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--cells", nargs="+", help="the cells to run (default: all)")
+    parser.add_argument("--deadline", type=float, default=500, help="seconds until every run is stopped")
+    parser.add_argument("--parallel", type=int, default=4, help="runs at a time")
+    parser.add_argument("--pack", type=Path, help="write the cells' folders (latest checkpoints) here as .tgz")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="options for every run, last (e.g. --threads_per_process 2 --compile true)")
+    args = parser.parse_args(argv)
+    cells = load_cells(args.manifest, args.cells)
+    jobs = [job for cell in cells for job in cell_jobs(cell)]
+    run(jobs, cells, args.deadline, args.parallel, args.extra)
+    if args.pack:
+        pack(cells, args.pack)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
