@@ -2,7 +2,9 @@
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
+import datasets
 import pytest
 import torch
 import yaml
@@ -244,11 +246,15 @@ def test_folders_of_the_same_name_and_shape_read_back_their_own_rows(tmp_path):
                      {"method": "test"}).save(folder)
 
     a, b = tmp_path / "a" / "set", tmp_path / "b" / "set"
+    caches = Path(datasets.config.HF_DATASETS_CACHE) / "cmidd-local"
+    before = set(caches.iterdir()) if caches.exists() else set()
     for folder, value in ((a, 0.25), (b, 0.75), (a, -0.5)):
         save(folder, value)
         assert load_synthetic(str(folder)).images.unique().tolist() == [value]
         rows, _ = resolve_dataset(str(folder))
         assert torch.tensor(rows["train"]["pixel_values"]).unique().tolist() == [value]
+    # one cached copy per folder: a's first version was dropped when a was rewritten
+    assert len(set(caches.iterdir()) - before) == 2
 
 
 def test_card_floats_keep_six_significant_digits():

@@ -28,16 +28,22 @@ def load_folder(folder: str | os.PathLike, name: str | None = None,
     ``datasets`` 5.2 keys its cache by the folder's *name*, the card's features and the file patterns, not by
     the files: a second folder of the same name and shape (a rerun into the same ``output_dir``, a set saved
     under another parent) was read back with the first one's rows. A fingerprint of every visible file
-    (relative path, size, modification time) gives each version of a folder a cache of its own.
+    (relative path, size, modification time) gives each version of a folder a cache of its own; the copies of
+    the folder's earlier versions are removed, so rewriting a folder does not grow the cache.
     """
     root = Path(folder)
-    fingerprint = hashlib.sha256(str(root.resolve()).encode())
+    place = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    files = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if path.is_file() and not any(part.startswith(".") for part in relative.parts):
             stat = path.stat()
-            fingerprint.update(f"{relative.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    cache_dir = Path(datasets.config.HF_DATASETS_CACHE) / "cmidd-local" / fingerprint.hexdigest()[:20]
+            files.update(f"{relative.as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    caches = Path(datasets.config.HF_DATASETS_CACHE) / "cmidd-local"
+    cache_dir = caches / f"{place}-{files.hexdigest()[:20]}"
+    for superseded in caches.glob(f"{place}-*"):
+        if superseded != cache_dir:
+            shutil.rmtree(superseded, ignore_errors=True)
     return load_dataset(str(root), name=name, split=split, cache_dir=str(cache_dir))
 
 
