@@ -6,7 +6,7 @@ validation split among a few values at a tenth of the budget (seed 0). Each cell
 ``select-lambda<λ>`` (only when λ is chosen), ``base-seed<s>`` (λ 0) and ``cmi-seed<s>`` (the chosen λ, started
 once every selection run has finished; the choice and its scores land in ``<cell>/lambda.json``). Every job is one
 recipe run in ``<root>/<cell>/<job>/set``: finished once its card (README.md) exists, resumed from its latest
-checkpoint otherwise.
+checkpoint otherwise. ``first_alone: true`` runs a cell's first job alone first (it fills the shared caches).
 
     python scripts/run_cells.py scripts/results/fashion-mnist/budget-cells.yaml --cells dsa-ipc10 \\
         --deadline 500 --parallel 6 --extra --threads_per_process 2 --compile true --pack $OUT/cells.tgz
@@ -95,6 +95,13 @@ def chosen_weight(cell: dict, jobs: list[Job]) -> float | None:
     return best
 
 
+def waits_for_first(job: Job, jobs: list[Job]) -> bool:
+    """With ``first_alone`` a cell's first job runs alone until it finishes: it trains the artifacts the cell's
+    runs share (experts, proxies) into their caches once, instead of every run training its own copy at once."""
+    first = next(j for j in jobs if j.cell is job.cell)
+    return bool(job.cell.get("first_alone")) and job is not first and not first.finished
+
+
 def load_cells(manifest: Path, names: list[str] | None) -> list[dict]:
     """The manifest's cells (all, or those named), each carrying the manifest's root and proxy cache; the manifest's
     paths are relative to the repository root (or absolute)."""
@@ -132,9 +139,11 @@ def run(jobs: list[Job], cells: list[dict], deadline_s: float, parallel: int, ex
         if time.monotonic() - started >= deadline_s:
             break
         for job in list(pending):
+            if len(running) >= parallel or waits_for_first(job, jobs):
+                continue
             weight = job.weight if job.weight is not None else chosen_weight(job.cell, jobs)
-            if len(running) >= parallel or weight is None:
-                continue  # no free slot, or its λ is not chosen yet
+            if weight is None:
+                continue  # its λ is not chosen yet
             job.folder.mkdir(parents=True, exist_ok=True)
             command = job.command(weight, extra)
             print(f"[{job.cell['name']}/{job.name}] {shlex.join(command[1:])}", flush=True)

@@ -119,6 +119,18 @@ def test_the_best_validation_accuracy_wins_and_test_accuracy_is_never_read(tmp_p
     assert record["validation"]["30"] == pytest.approx(0.71)
 
 
+def test_first_alone_holds_the_cells_other_runs_until_its_first_has_finished(tmp_path, proxy_cache):
+    path = manifest(tmp_path, proxy_cache, iterations=4, seeds=[0, 1], first_alone=True, **{"lambda": 10})
+    jobs = run_cells.cell_jobs(run_cells.load_cells(path, None)[0])
+    assert [run_cells.waits_for_first(j, jobs) for j in jobs] == [False, True, True, True]
+    (jobs[0].folder / "set").mkdir(parents=True)
+    (jobs[0].folder / "set" / "README.md").write_text("card")
+    assert not any(run_cells.waits_for_first(j, jobs) for j in jobs)
+    plain = run_cells.cell_jobs(run_cells.load_cells(manifest(tmp_path, proxy_cache, iterations=4, seeds=[0],
+                                                              **{"lambda": 10}), None)[0])
+    assert not any(run_cells.waits_for_first(j, plain) for j in plain)
+
+
 def test_unknown_cells_and_missing_configs_are_one_line_errors(tmp_path, proxy_cache):
     path = manifest(tmp_path, proxy_cache, iterations=4, seeds=[0], **{"lambda": 10})
     with pytest.raises(SystemExit, match=r"--cells nope: not in .*cells.yaml \(it has toy\)"):
@@ -135,7 +147,7 @@ def test_every_job_of_the_shipped_budget_manifest_parses_and_validates():
 
     path = ROOT / "scripts" / "results" / "fashion-mnist" / "budget-cells.yaml"
     cells = run_cells.load_cells(path, None)
-    assert {c["name"] for c in cells} == {"idm-ipc10", "dsa-ipc10", "dm-ipc50"}
+    assert {c["name"] for c in cells} == {"idm-ipc10", "dsa-ipc10", "dm-ipc50", "mtt-ipc10"}
     for cell in cells:
         for job in run_cells.cell_jobs(cell):
             command = job.command(job.weight if job.weight is not None else 20.0, ["--threads_per_process", "2"])
