@@ -9,7 +9,7 @@ recipe run in ``<root>/<cell>/<job>/set``: finished once its card (README.md) ex
 checkpoint otherwise. ``first_alone: true`` runs a cell's first job alone first (it fills the shared caches).
 
     python scripts/run_cells.py scripts/results/fashion-mnist/budget-cells.yaml --cells dsa-ipc10 \\
-        --deadline 500 --parallel 6 --extra --threads_per_process 2 --compile true --pack $OUT/cells.tgz
+        --deadline 500 --parallel 6 --extra --threads_per_process 2 --compile true --pack $OUT
 """
 
 import argparse
@@ -175,20 +175,23 @@ def run(jobs: list[Job], cells: list[dict], deadline_s: float, parallel: int, ex
         print(f"  {key}: {state}; {last_line(job.folder / 'log.txt')}", flush=True)
 
 
-def pack(cells: list[dict], path: Path) -> None:
-    """The cells' folders as one archive of ``<cell>/<job>/...`` (unpack it into the manifest's root): an unfinished
-    run keeps only its latest checkpoint (what a resume needs), a finished one none."""
-    with tarfile.open(path, "w:gz") as archive:
-        for cell in cells:
-            root = Path(cell["root"])
-            stale = set()
-            for checkpoints in (root / cell["name"]).glob("*/set/checkpoints"):
-                steps = sorted(checkpoints.glob("step_*"))
-                keep = 0 if (checkpoints.parent / "README.md").exists() else 1
-                stale.update(str(p.relative_to(root)) for p in steps[: len(steps) - keep])
-            if (root / cell["name"]).exists():
-                archive.add(root / cell["name"], arcname=cell["name"],
-                            filter=lambda info, stale=stale: None if info.name in stale else info)
+def pack(cells: list[dict], folder: Path) -> None:
+    """Each cell's folder as ``<folder>/<cell>.tgz`` of ``<cell>/<job>/...`` (unpack it into the manifest's root);
+    an unfinished run keeps only its latest checkpoint (what a resume needs), a finished one none. One archive per
+    cell, so a cell whose checkpoints are too large to bring back (IDM's network pool) costs only itself."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        root = Path(cell["root"])
+        if not (root / cell["name"]).exists():
+            continue
+        stale = set()
+        for checkpoints in (root / cell["name"]).glob("*/set/checkpoints"):
+            steps = sorted(checkpoints.glob("step_*"))
+            keep = 0 if (checkpoints.parent / "README.md").exists() else 1
+            stale.update(str(p.relative_to(root)) for p in steps[: len(steps) - keep])
+        with tarfile.open(folder / f"{cell['name']}.tgz", "w:gz") as archive:
+            archive.add(root / cell["name"], arcname=cell["name"],
+                        filter=lambda info, stale=stale: None if info.name in stale else info)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", help="the cells to run (default: all)")
     parser.add_argument("--deadline", type=float, default=500, help="seconds until every run is stopped")
     parser.add_argument("--parallel", type=int, default=4, help="runs at a time")
-    parser.add_argument("--pack", type=Path, help="write the cells' folders (latest checkpoints) here as .tgz")
+    parser.add_argument("--pack", type=Path, help="write each cell's folder (latest checkpoints) here as <cell>.tgz")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="options for every run, last (e.g. --threads_per_process 2 --compile true)")
     args = parser.parse_args(argv)

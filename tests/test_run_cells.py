@@ -72,21 +72,21 @@ def test_the_deadline_stops_runs_with_a_checkpoint_and_the_archive_keeps_the_lat
     monkeypatch.setattr(run_cells.Job, "command",
                         lambda job, weight, extra: [sys.executable, str(script), *real_command(job, weight, extra)[2:]])
     path = manifest(tmp_path, proxy_cache, iterations=100_000, seeds=[0], **{"lambda": 10})
-    assert run_cells.main([str(path), "--deadline", "3", "--parallel", "1", "--pack", str(tmp_path / "c.tgz")]) == 0
+    assert run_cells.main([str(path), "--deadline", "3", "--parallel", "1", "--pack", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert "toy/base-seed0: to continue; interrupted: checkpoint saved" in out
     assert "toy/cmi-seed0: not started" in out  # one at a time: it never got a slot
     checkpoints = sorted((tmp_path / "cells" / "toy" / "base-seed0" / "set" / "checkpoints").glob("step_*"))
     assert len(checkpoints) > 2
-    with tarfile.open(tmp_path / "c.tgz") as archive:
+    with tarfile.open(tmp_path / "c" / "toy.tgz") as archive:
         names = archive.getnames()
     kept = {n.split("/")[4] for n in names if "/checkpoints/step_" in n}
     assert kept == {checkpoints[-1].name} and "toy/base-seed0/log.txt" in names
     finished = tmp_path / "cells" / "toy" / "cmi-seed0" / "set"  # a finished run needs no checkpoint at all
     (finished / "checkpoints" / "step_000004").mkdir(parents=True)
     (finished / "README.md").write_text("card")
-    run_cells.pack(run_cells.load_cells(path, None), tmp_path / "d.tgz")
-    with tarfile.open(tmp_path / "d.tgz") as archive:
+    run_cells.pack(run_cells.load_cells(path, None), tmp_path / "d")
+    with tarfile.open(tmp_path / "d" / "toy.tgz") as archive:
         names = archive.getnames()
     assert "toy/cmi-seed0/set/README.md" in names and not any("cmi-seed0/set/checkpoints/" in n for n in names)
     assert f"toy/base-seed0/set/checkpoints/{checkpoints[-1].name}" in names

@@ -4,7 +4,7 @@
 # DEADLINE seconds. Compiled (2x eager on an H200 for DM). Run from the repository root on the device machine with
 # .whl (datasets, kornia, evaluate and their pure-Python needs for its Python 3.12) and .devdata/fashion-mnist (the
 # IDX files of dataset-fashion-mnist) carried. Back here:
-#   tar xzf <files_at>/cells.tgz -C scripts/results/fashion-mnist/budget
+#   for f in <files_at>/cells/*.tgz; do tar xzf $f -C scripts/results/fashion-mnist/budget; done
 #   (CELL1=1) see partial/README.md for cell1-gpu.tgz
 set -u
 START=$(date +%s); DEADLINE=${DEADLINE:-500}
@@ -18,7 +18,7 @@ if [ "${CELL1:-0}" = 1 ]; then
   CELL1_PID=$!
 fi
 python3 scripts/run_cells.py scripts/results/fashion-mnist/budget-cells.yaml ${CELLS:+--cells $CELLS} \
-  --deadline $(( DEADLINE - ($(date +%s) - START) )) --parallel ${PARALLEL:-6} --pack $OUT/cells.tgz \
+  --deadline $(( DEADLINE - ($(date +%s) - START) )) --parallel ${PARALLEL:-6} --pack $OUT/cells \
   --extra --threads_per_process 2 --compile true
 [ -z "${CELL1_PID:-}" ] || { wait $CELL1_PID; tail -30 $OUT/cell1.log; }
 ls -la $OUT; echo "done $(( $(date +%s) - START )) s"
