@@ -13,6 +13,7 @@ checkpoint otherwise. ``first_alone: true`` runs a cell's first job alone first 
 """
 
 import argparse
+import fnmatch
 import json
 import shlex
 import signal
@@ -72,11 +73,11 @@ def cell_jobs(cell: dict) -> list[Job]:
     return jobs
 
 
-def chosen_weight(cell: dict, jobs: list[Job]) -> float | None:
+def chosen_weight(cell: dict) -> float | None:
     """The cell's λ: fixed, or the selection value of best mean validation accuracy once all have finished."""
     if not isinstance(cell["lambda"], dict):
         return float(cell["lambda"])
-    selection = [j for j in jobs if j.cell is cell and j.name.startswith("select-")]
+    selection = [j for j in cell_jobs(cell) if j.name.startswith("select-")]
     if not all(j.finished for j in selection):
         return None
     from cmidd_hf.hub.synthetic_set import load_synthetic
@@ -95,11 +96,11 @@ def chosen_weight(cell: dict, jobs: list[Job]) -> float | None:
     return best
 
 
-def waits_for_first(job: Job, jobs: list[Job]) -> bool:
+def waits_for_first(job: Job) -> bool:
     """With ``first_alone`` a cell's first job runs alone until it finishes: it trains the artifacts the cell's
     runs share (experts, proxies) into their caches once, instead of every run training its own copy at once."""
-    first = next(j for j in jobs if j.cell is job.cell)
-    return bool(job.cell.get("first_alone")) and job is not first and not first.finished
+    first = cell_jobs(job.cell)[0]
+    return bool(job.cell.get("first_alone")) and job.name != first.name and not first.finished
 
 
 def load_cells(manifest: Path, names: list[str] | None) -> list[dict]:
@@ -139,9 +140,9 @@ def run(jobs: list[Job], cells: list[dict], deadline_s: float, parallel: int, ex
         if time.monotonic() - started >= deadline_s:
             break
         for job in list(pending):
-            if len(running) >= parallel or waits_for_first(job, jobs):
+            if len(running) >= parallel or waits_for_first(job):
                 continue
-            weight = job.weight if job.weight is not None else chosen_weight(job.cell, jobs)
+            weight = job.weight if job.weight is not None else chosen_weight(job.cell)
             if weight is None:
                 continue  # its λ is not chosen yet
             job.folder.mkdir(parents=True, exist_ok=True)
@@ -166,7 +167,7 @@ def run(jobs: list[Job], cells: list[dict], deadline_s: float, parallel: int, ex
         except subprocess.TimeoutExpired:
             proc.kill()
     for cell in cells:
-        chosen_weight(cell, jobs)
+        chosen_weight(cell)
     print(f"after {time.monotonic() - started:.0f} s:")
     for job in jobs:
         key = f"{job.cell['name']}/{job.name}"
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--cells", nargs="+", help="the cells to run (default: all)")
+    parser.add_argument("--jobs", nargs="+", default=["*"], metavar="PATTERN",
+                        help="only the jobs whose names match (e.g. 'select-*' to choose λ on this machine)")
     parser.add_argument("--deadline", type=float, default=500, help="seconds until every run is stopped")
     parser.add_argument("--parallel", type=int, default=4, help="runs at a time")
     parser.add_argument("--pack", type=Path, help="write each cell's folder (latest checkpoints) here as <cell>.tgz")
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="options for every run, last (e.g. --threads_per_process 2 --compile true)")
     args = parser.parse_args(argv)
     cells = load_cells(args.manifest, args.cells)
-    jobs = [job for cell in cells for job in cell_jobs(cell)]
+    jobs = [job for cell in cells for job in cell_jobs(cell)
+            if any(fnmatch.fnmatchcase(job.name, pattern) for pattern in args.jobs)]
     run(jobs, cells, args.deadline, args.parallel, args.extra)
     if args.pack:
         pack(cells, args.pack)

@@ -103,8 +103,7 @@ def test_the_best_validation_accuracy_wins_and_test_accuracy_is_never_read(tmp_p
     path = manifest(tmp_path, proxy_cache, iterations=4, seeds=[0],
                     **{"lambda": {"select": [1, 30, 300], "iterations": 2}})
     cell = run_cells.load_cells(path, None)[0]
-    jobs = run_cells.cell_jobs(cell)
-    assert run_cells.chosen_weight(cell, jobs) is None  # nothing has finished: the +CMI arm waits
+    assert run_cells.chosen_weight(cell) is None  # nothing has finished: the +CMI arm waits
     validation = {"select-lambda1": [0.5, 0.6], "select-lambda30": [0.7, 0.72], "select-lambda300": [0.69, 0.70]}
     for name in validation:
         (tmp_path / "cells" / "toy" / name / "set").mkdir(parents=True)
@@ -114,21 +113,37 @@ def test_the_best_validation_accuracy_wins_and_test_accuracy_is_never_read(tmp_p
         return SimpleNamespace(results=[{"mean": test_mean, "validation_accuracies": validation[folder.parent.name]}])
 
     monkeypatch.setattr(synthetic_set, "load_synthetic", card)
-    assert run_cells.chosen_weight(cell, jobs) == 30.0  # the best on validation, not λ 300's better test mean
+    assert run_cells.chosen_weight(cell) == 30.0  # the best on validation, not λ 300's better test mean
     record = json.loads((tmp_path / "cells" / "toy" / "lambda.json").read_text())
     assert record["validation"]["30"] == pytest.approx(0.71)
+
+
+def test_jobs_filter_runs_only_the_named_jobs_and_an_unchosen_lambda_still_holds_the_cmi_arm(tmp_path, proxy_cache,
+                                                                                              monkeypatch, capsys):
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    real_command = run_cells.Job.command
+    monkeypatch.setattr(run_cells.Job, "command",
+                        lambda job, weight, extra: [sys.executable, str(script), *real_command(job, weight, extra)[2:]])
+    path = manifest(tmp_path, proxy_cache, iterations=4, seeds=[0, 1],
+                    **{"lambda": {"select": [1, 30], "iterations": 2}})
+    assert run_cells.main([str(path), "--jobs", "base-seed1", "cmi-*", "--deadline", "3", "--parallel", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "toy/base-seed1: to continue" in out and "toy/cmi-seed0: not started" in out
+    assert "select-" not in out and "base-seed0" not in out
+    assert sorted(p.name for p in (tmp_path / "cells" / "toy").iterdir()) == ["base-seed1"]
 
 
 def test_first_alone_holds_the_cells_other_runs_until_its_first_has_finished(tmp_path, proxy_cache):
     path = manifest(tmp_path, proxy_cache, iterations=4, seeds=[0, 1], first_alone=True, **{"lambda": 10})
     jobs = run_cells.cell_jobs(run_cells.load_cells(path, None)[0])
-    assert [run_cells.waits_for_first(j, jobs) for j in jobs] == [False, True, True, True]
+    assert [run_cells.waits_for_first(j) for j in jobs] == [False, True, True, True]
     (jobs[0].folder / "set").mkdir(parents=True)
     (jobs[0].folder / "set" / "README.md").write_text("card")
-    assert not any(run_cells.waits_for_first(j, jobs) for j in jobs)
+    assert not any(run_cells.waits_for_first(j) for j in jobs)
     plain = run_cells.cell_jobs(run_cells.load_cells(manifest(tmp_path, proxy_cache, iterations=4, seeds=[0],
                                                               **{"lambda": 10}), None)[0])
-    assert not any(run_cells.waits_for_first(j, plain) for j in plain)
+    assert not any(run_cells.waits_for_first(j) for j in plain)
 
 
 def test_unknown_cells_and_missing_configs_are_one_line_errors(tmp_path, proxy_cache):
