@@ -129,7 +129,7 @@ def run(jobs: list[Job], cells: list[dict], deadline_s: float, parallel: int, ex
     """Start ready jobs up to ``parallel`` at a time until all finish or the deadline; then stop them cleanly."""
     started, last_report = time.monotonic(), 0.0
     running: dict[str, tuple[Job, subprocess.Popen]] = {}
-    pending, failed = [j for j in jobs if not j.finished], set()
+    pending, failed, chosen = [j for j in jobs if not j.finished], set(), {}
     while pending or running:
         for key, (job, proc) in list(running.items()):
             if proc.poll() is not None:
@@ -142,7 +142,11 @@ def run(jobs: list[Job], cells: list[dict], deadline_s: float, parallel: int, ex
         for job in list(pending):
             if len(running) >= parallel or waits_for_first(job):
                 continue
-            weight = job.weight if job.weight is not None else chosen_weight(job.cell)
+            weight = job.weight
+            if weight is None:  # the cell's λ, read from its selection runs once they have all finished
+                if job.cell["name"] not in chosen and (value := chosen_weight(job.cell)) is not None:
+                    chosen[job.cell["name"]] = value
+                weight = chosen.get(job.cell["name"])
             if weight is None:
                 continue  # its λ is not chosen yet
             job.folder.mkdir(parents=True, exist_ok=True)
