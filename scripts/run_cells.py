@@ -28,6 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 90  # a stopped run writes its checkpoint within this, else it is killed
+CELL_KEYS = ("name", "recipe", "config", "iterations", "seeds", "lambda")
 
 
 @dataclass
@@ -106,7 +107,14 @@ def waits_for_first(job: Job) -> bool:
 def load_cells(manifest: Path, names: list[str] | None) -> list[dict]:
     """The manifest's cells (all, or those named), each carrying the manifest's root and proxy cache; the manifest's
     paths are relative to the repository root (or absolute)."""
-    spec = yaml.safe_load(manifest.read_text())
+    if not manifest.is_file():
+        raise SystemExit(f"error: manifest {manifest} does not exist")
+    spec = yaml.safe_load(manifest.read_text()) or {}
+    missing = [key for key in ("root", "proxy_cache_dir", "cells") if key not in spec]
+    for cell in spec.get("cells") or []:
+        missing += [f"cells[{cell.get('name', '?')}].{key}" for key in CELL_KEYS if key not in cell]
+    if missing:
+        raise SystemExit(f"error: {manifest} lacks {', '.join(missing)} (see scripts/run_cells.py's docstring)")
     shared = {"root": str(ROOT / spec["root"]), "proxy_cache_dir": str(ROOT / spec["proxy_cache_dir"])}
     cells = {c["name"]: {**shared, **c, "config": str(ROOT / c["config"])} for c in spec["cells"]}
     unknown = sorted(set(names or []) - cells.keys())
@@ -115,6 +123,9 @@ def load_cells(manifest: Path, names: list[str] | None) -> list[dict]:
     for cell in cells.values():
         if not Path(cell["config"]).is_file():
             raise SystemExit(f"error: cell {cell['name']}: config {cell['config']} does not exist")
+        if not (ROOT / "recipes" / f"distill_{cell['recipe']}.py").is_file():
+            raise SystemExit(f"error: cell {cell['name']}: recipe {cell['recipe']!r} has no recipes/distill_"
+                             f"{cell['recipe']}.py")
     return [cells[n] for n in names] if names else list(cells.values())
 
 

@@ -155,6 +155,17 @@ def test_unknown_cells_and_missing_configs_are_one_line_errors(tmp_path, proxy_c
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(SystemExit, match="cell toy: config .*none.yaml does not exist"):
         run_cells.main([str(path)])
+    spec["cells"][0]["config"] = str(TINY)
+    spec["cells"][0]["recipe"] = "dmx"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit, match="cell toy: recipe 'dmx' has no recipes/distill_dmx.py"):
+        run_cells.main([str(path)])
+    del spec["cells"][0]["lambda"], spec["proxy_cache_dir"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit, match=r"lacks proxy_cache_dir, cells\[toy\].lambda \(see"):
+        run_cells.main([str(path)])
+    with pytest.raises(SystemExit, match="manifest .*nothing.yaml does not exist"):
+        run_cells.main([str(tmp_path / "nothing.yaml")])
 
 
 def test_every_job_of_the_shipped_budget_manifest_parses_and_validates():
