@@ -64,11 +64,13 @@ def read_run(path: Path) -> Run:
 
 
 def mean_std(values: list[float], signed: bool = False) -> str:
-    """'mean ± sample std' in points; '–' when there is nothing to show."""
+    """'mean ± sample std' in points; one value says so (a spread of one is not 0); '–' when there is nothing."""
     if not values:
         return "–"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):{'+' if signed else ''}.2f} ± {spread:.2f}"
+    mean = f"{statistics.mean(values):{'+' if signed else ''}.2f}"
+    if len(values) == 1:
+        return f"{mean} (one seed)"
+    return f"{mean} ± {statistics.stdev(values):.2f}"
 
 
 def paired(base: list[Run], other: list[Run], value) -> list[tuple[int, float]]:
