@@ -12,6 +12,8 @@ memory just before the run (data, experts, networks): what the gradient computat
     python scripts/bench_mtt.py                                   # IPC 10, syn_steps 10 20 30 60, both gradients
     python scripts/bench_mtt.py --syn_steps 30 --gradient unrolled --iterations 5 --cmi
     python scripts/bench_mtt.py --syn_steps 10 30 --gradient unrolled --precision fp32
+    python scripts/bench_mtt.py --syn_steps 30 --gradient unrolled --compile false   # the closed-form double
+                                                                                     # backward eager
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def cifar_like():
 
 
 def measure(ipc: int, syn_steps: int, gradient: str, with_cmi: bool, iterations: int, warmup: int,
-            experts_dir: str, precision: str) -> dict:
+            experts_dir: str, precision: str, compile: bool) -> dict:
     from accelerate import Accelerator
 
     from cmidd_hf import CMIRegularizer, build_network
@@ -60,7 +62,7 @@ def measure(ipc: int, syn_steps: int, gradient: str, with_cmi: bool, iterations:
                        lr_img=100.0, lr_teacher=0.001, gradient=gradient)
     config.validate()
     context = MethodContext(real=data.train, ipc=ipc, precision=precision, augmentation=config.augmentation("cifar10"),
-                            dataset="cifar10", artifacts={"experts": ExpertTrajectories(experts_dir)})
+                            dataset="cifar10", compile=compile, artifacts={"experts": ExpertTrajectories(experts_dir)})
     method = MTT(config, context)
     regularizer = None
     if with_cmi:
@@ -92,6 +94,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed first iterations")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                         help="the student's precision (auto: bf16 where native)")
+    parser.add_argument("--compile", default="true", choices=["true", "false"],
+                        help="the run's compile setting (true, the default: the student's instance norms run a "
+                             "compiled double backward)")
     parser.add_argument("--cmi", action="store_true", help="add the CMI term (ResNet-18 proxy)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -103,7 +108,8 @@ def main() -> None:
         return
     print(f"MTT iteration, CIFAR-10 shape, IPC {args.ipc} (whole set per student step), "
           f"precision {args.precision} ({resolve_precision(args.precision, 'cpu')} here), DSA, one trajectory"
-          f"{', + CMI (ResNet-18 proxy)' if args.cmi else ''}, {torch.get_num_threads()} threads, "
+          f"{', + CMI (ResNet-18 proxy)' if args.cmi else ''}, compile {args.compile}, "
+          f"{torch.get_num_threads()} threads, "
           f"{args.iterations} timed iterations after {args.warmup}")
     with tempfile.TemporaryDirectory() as experts:
         train_bench_experts(Path(experts))
@@ -112,7 +118,7 @@ def main() -> None:
             for gradient in args.gradient:
                 settings = {"ipc": args.ipc, "syn_steps": steps, "gradient": gradient, "with_cmi": args.cmi,
                             "iterations": args.iterations, "warmup": args.warmup, "experts_dir": experts,
-                            "precision": args.precision}
+                            "precision": args.precision, "compile": args.compile == "true"}
                 out = subprocess.run([sys.executable, __file__, "--_child", json.dumps(settings)], capture_output=True,
                                      text=True, check=True).stdout.strip().splitlines()[-1]
                 r = json.loads(out)

@@ -34,6 +34,7 @@ from ..engine.parametrization import Parametrization
 from ..engine.precision import autocast, resolve_precision
 from ..engine.seeding import derive_seed, generator
 from ..models import build_network
+from ..models.layers import fuse_double_backward
 from .base import (
     check_architecture,
     check_per_class_counts,
@@ -170,8 +171,10 @@ class DC(DistillationMethod):
         self.memory_format = torch.channels_last if context.compile else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         # compiled for the single-backward paths (real gradients, inner loop); the synthetic path is
-        # differentiated twice, which compiled graphs do not support, so it stays eager
+        # differentiated twice, which compiled graphs do not support, so it stays eager (its norms' double
+        # backward compiled)
         self._compiled = torch.compile(self.net) if context.compile else self.net
+        fuse_double_backward(self.net, context.compile)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self._resettable = resettable_modules(self.net)
         self._batch_norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

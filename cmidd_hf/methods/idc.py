@@ -37,6 +37,7 @@ from ..engine.parametrization import MultiFormationParametrization, Parametrizat
 from ..engine.precision import autocast, resolve_precision
 from ..engine.seeding import derive_seed, generator
 from ..models import build_network
+from ..models.layers import fuse_double_backward
 from .base import (
     check_architecture,
     check_mix_init,
@@ -171,6 +172,7 @@ class IDC(DistillationMethod):
         self.memory_format = torch.channels_last if context.compile else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         self._compiled = torch.compile(self.net) if context.compile else self.net
+        fuse_double_backward(self.net, context.compile)  # the matching path is eager (differentiated twice)
         # matched: conv weights only (official bias=False, fc=False)
         self.matched = [p for p in self.net.parameters() if p.dim() == 4]
         self._resettable = resettable_modules(self.net)

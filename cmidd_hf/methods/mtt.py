@@ -15,7 +15,8 @@ step are kept (one vector each), then a reverse sweep recomputes each step and a
 product (the adjoint method; TESLA, ICML 2023, bounds memory the same way).
 
 Work units are independent, so the method declares ``Sharding.DATA``: processes split the trajectories (and
-the CMI term) and share gradients. The student runs in fp32 and eager (double backward).
+the CMI term) and share gradients. The student runs eager (it is differentiated twice) at the run's precision; with
+``compile`` on, the double backward of its instance norms is compiled (:mod:`cmidd_hf.models.instance_norm`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ..engine.parametrization import Parametrization
 from ..engine.precision import autocast, resolve_precision
 from ..engine.seeding import generator
 from ..models import build_network
+from ..models.layers import fuse_double_backward
 from .base import check_strategy, resolve_strategy
 
 
@@ -165,6 +167,7 @@ class MTT(DistillationMethod):
                                      real.image_shape[1:]).to(self.device)
         self.student.requires_grad_(False)
         self.student.train()
+        fuse_double_backward(self.student, context.compile)
         shapes = [(name, list(p.shape)) for name, p in self.student.named_parameters()]
         if shapes != experts.parameters:
             raise MethodConfigError(f"the experts' parameters {experts.parameters[:2]}... do not match a "

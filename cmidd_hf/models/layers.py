@@ -4,14 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
+
+from .instance_norm import instance_norm
 
 
 class InstanceNorm2d(nn.GroupNorm):
-    """Instance norm as the DC/DSA/DM/IDC code builds it: GroupNorm(C, C) with affine parameters."""
+    """Instance norm as the DC/DSA/DM/IDC code builds it: GroupNorm(C, C) with affine parameters.
+
+    Eager, it runs :func:`~cmidd_hf.models.instance_norm.instance_norm` (the same kernels, a cheaper double
+    backward; ``fused_double_backward`` compiles that); under ``torch.compile`` the plain GroupNorm, which
+    Inductor lowers itself."""
+
+    fused_double_backward: bool = False
 
     def __init__(self, num_channels: int, eps: float = 1e-5, **_: object) -> None:
         super().__init__(num_channels, num_channels, eps=eps, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return super().forward(x)
+        return instance_norm(x, self.weight, self.bias, self.eps, self.fused_double_backward)
+
+
+def fuse_double_backward(network: nn.Module, enabled: bool = True) -> nn.Module:
+    """Compile the double backward of ``network``'s instance norms (for methods that differentiate its gradient
+    and run compiled); returns ``network``."""
+    for module in network.modules():
+        if isinstance(module, InstanceNorm2d):
+            module.fused_double_backward = enabled
+    return network
 
 
 class GroupNorm4(nn.GroupNorm):
