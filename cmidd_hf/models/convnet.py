@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ._cfg import default_cfgs_for, register_variants
 from .base import FeatureClassifier
-from .layers import make_activation, make_norm
+from .layers import AvgPool2d, make_activation, make_norm
 
 __all__ = ["ConvNet"]
 
@@ -46,7 +46,7 @@ class ConvNet(FeatureClassifier):
             layers.append(make_norm(norm, width, (height, width_px)))
             layers.append(make_activation(act))
             if pool != "none":
-                layers.append(nn.AvgPool2d(2, 2) if pool == "avg" else nn.MaxPool2d(2, 2))
+                layers.append(AvgPool2d() if pool == "avg" else nn.MaxPool2d(2, 2))
                 height, width_px = height // 2, width_px // 2
             channels = width
         self.features = nn.Sequential(*layers)

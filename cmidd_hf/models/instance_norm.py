@@ -18,9 +18,9 @@ and ``g_r = w M <ggx P(gy)>``.
 
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from .compiled import run_compiled
 
 
 def instance_norm_double_backward(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor,
@@ -50,14 +50,6 @@ def instance_norm_double_backward(x: torch.Tensor, mean: torch.Tensor, rstd: tor
     return d_x.to(x.dtype), d_gy.to(gy.dtype), d_w.to(weight.dtype)
 
 
-@functools.cache
-def _fused_double_backward():
-    """The closed form compiled once per process (on first use: compiling costs seconds). Static shapes: after
-    a second shape, Inductor's automatic dynamic-shape recompile of this function returned inf / NaN for ``d_x``
-    (torch 2.14.1, CPU); a network has a handful of shapes, each compiled once."""
-    return torch.compile(instance_norm_double_backward, dynamic=False)
-
-
 class _InstanceNormGradient(torch.autograd.Function):
     """``native_group_norm_backward`` as a differentiable function of (gy, x, weight)."""
 
@@ -77,8 +69,11 @@ class _InstanceNormGradient(torch.autograd.Function):
         ggx = torch.zeros_like(x) if ggx is None else ggx
         ggw = torch.zeros_like(weight) if ggw is None else ggw
         ggb = torch.zeros_like(weight) if ggb is None else ggb
-        double_backward = _fused_double_backward() if ctx.fused else instance_norm_double_backward
-        d_x, d_gy, d_w = double_backward(x, mean, rstd, weight, gy, ggx, ggw, ggb)
+        inputs = (x, mean, rstd, weight, gy, ggx, ggw, ggb)
+        if ctx.fused:
+            d_x, d_gy, d_w = run_compiled(instance_norm_double_backward, *inputs)
+        else:
+            d_x, d_gy, d_w = instance_norm_double_backward(*inputs)
         return d_gy, d_x, d_w, None, None, None, None
 
 

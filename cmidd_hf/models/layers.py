@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from .avg_pool import avg_pool_2x2
 from .instance_norm import instance_norm
 
 
@@ -28,11 +29,27 @@ class InstanceNorm2d(nn.GroupNorm):
         return instance_norm(x, self.weight, self.bias, self.eps, self.fused_double_backward)
 
 
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d(2, 2)`` (the ConvNet's pooling); with ``fused_double_backward`` set, eager even-sized inputs
+    run :func:`~cmidd_hf.models.avg_pool.avg_pool_2x2` (compiled loops, bit-identical results)."""
+
+    fused_double_backward: bool = False
+
+    def __init__(self) -> None:
+        super().__init__(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.fused_double_backward and not torch.compiler.is_compiling() and x.dim() == 4
+                and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0):
+            return avg_pool_2x2(x)
+        return super().forward(x)
+
+
 def fuse_double_backward(network: nn.Module, enabled: bool = True) -> nn.Module:
-    """Compile the double backward of ``network``'s instance norms (for methods that differentiate its gradient
-    and run compiled); returns ``network``."""
+    """Run ``network``'s instance norms and 2x2 average pools through compiled kernels for their backward and
+    double backward (for methods that differentiate its gradient and run compiled); returns ``network``."""
     for module in network.modules():
-        if isinstance(module, InstanceNorm2d):
+        if isinstance(module, (InstanceNorm2d, AvgPool2d)):
             module.fused_double_backward = enabled
     return network
 
