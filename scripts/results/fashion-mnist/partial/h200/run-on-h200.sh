@@ -18,7 +18,9 @@ for seed in ${SEEDS:-1 2}; do
   for arm in dm dm+cmi; do
     w=""; [ $arm = dm ] && w="--cmi_weight 0"
     if [ -n "${RESUME:-}" ]; then  # continue the committed partial runs
-      cp -r scripts/results/fashion-mnist/partial/h200/$arm-seed$seed/run $G/$arm-seed$seed
+      src=scripts/results/fashion-mnist/partial/$arm-seed$seed  # seed 1 moved on to a CPU on 2026-12-05
+      [ -d $src ] || src=scripts/results/fashion-mnist/partial/h200/$arm-seed$seed
+      cp -r $src/run $G/$arm-seed$seed
       w="$w --resume_from_checkpoint latest"
     fi
     left=$(( DEADLINE - ($(date +%s) - START) ))
