@@ -63,36 +63,19 @@ def class_blocks(num_classes: int, ipc: int, classes_per_block: int, images_per_
 
 class LocalProcess:
     """What :class:`~cmidd_hf.engine.distill.Distiller` needs of an ``Accelerator``, for one process working
-    alone on a block: no collective calls, and checkpoints of the registered objects as safetensors (the
-    parametrization) and a weights-only torch file (optimizer, scheduler, counters, method state)."""
+    alone on a block: no collective calls, and no global random state to checkpoint."""
 
     num_processes, process_index, is_main_process = 1, 0, True
 
     def __init__(self, device: torch.device, verbose: bool) -> None:
         self.device, self.verbose = device, verbose
-        self._objects: list = []
-
-    def register_for_checkpointing(self, *objects) -> None:
-        self._objects.extend(objects)
 
     def save_state(self, output_dir: str, safe_serialization: bool = True) -> None:
-        folder = Path(output_dir)
-        states = {}
-        for i, obj in enumerate(self._objects):
-            if isinstance(obj, torch.nn.Module):
-                save_file({k: v.contiguous() for k, v in obj.state_dict().items()}, folder / f"module_{i}.safetensors")
-            else:
-                states[f"object_{i}"] = obj.state_dict()
-        torch.save(states, folder / "states.pt")
+        """Nothing beyond the checkpointed objects the Distiller writes itself: a block keeps no global random
+        state (every draw derives from the block's seed)."""
 
     def load_state(self, input_dir: str) -> None:
-        folder = Path(input_dir)
-        states = torch.load(folder / "states.pt", weights_only=True)
-        for i, obj in enumerate(self._objects):
-            if isinstance(obj, torch.nn.Module):
-                obj.load_state_dict(load_file(folder / f"module_{i}.safetensors", device=str(self.device)))
-            else:
-                obj.load_state_dict(states[f"object_{i}"])
+        """Nothing to restore beyond the Distiller's objects (see :meth:`save_state`)."""
 
     def wait_for_everyone(self) -> None:
         """Nothing to wait for: the block is this process's alone."""

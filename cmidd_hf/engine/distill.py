@@ -8,8 +8,9 @@ An *iteration* is ``method.image_steps_per_iteration`` image steps (1 for DM, ``
 ``inner_loop`` for IDC), after the method's ``begin_iteration``. Each image step: the method's named losses of
 the process's classes, plus the regularizer on the method's ``regularizer_inputs`` of those classes (by
 default all their decoded, un-augmented images); one optimizer step; the gather the sharding asks for; the
-method's ``after_image_step``. Checkpoints go through ``Accelerator.save_state`` (parametrization, optimizer, scheduler,
-the method's own state, counters, RNG) into a temporary folder renamed into place, at iteration ends and — on
+method's ``after_image_step``. Checkpoints hold one safetensors file per checkpointed object (parametrization,
+optimizer, counters, the method's own state, scheduler: nothing to unpickle on resume) beside
+``Accelerator.save_state``'s RNG states, written into a temporary folder renamed into place, at iteration ends and — on
 SIGINT/SIGTERM — between image steps, so an interrupted DC iteration resumes inside itself. A non-finite
 loss stops the run, naming the step, with the last good checkpoint kept.
 """
@@ -39,6 +40,7 @@ from .method import DistillationMethod, Sharding
 from .parametrization import Parametrization
 from .regularizer import Regularizer
 from .run_folder import STATE_FILE, RunFolder
+from .state_files import load_state_file, save_state_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class RunState:
-    """Counters saved with every checkpoint (registered with Accelerate).
+    """Counters saved with every checkpoint.
 
     ``substep`` is the next image step inside iteration ``step``; ``sums`` accumulate the iteration's logged
     values over its image steps (their mean is logged when the iteration ends).
@@ -76,6 +78,23 @@ class RunState:
         self.elapsed_seconds = float(state["elapsed_seconds"])
         self.sums = {k: float(v) for k, v in state["sums"].items()}
         self.fingerprint = dict(state["fingerprint"])
+
+
+def migrate_legacy_checkpoint(path: Path, names: Iterable[str]) -> None:
+    """Rewrite a checkpoint from before the safetensors files (objects in Accelerate's
+    ``custom_checkpoint_<i>.pkl``, in registration order; the committed partial runs) into today's layout. The
+    pickles are read with the weights-only unpickler: tensors and plain containers only, no code runs."""
+    for index, name in enumerate(names):
+        legacy = path / f"custom_checkpoint_{index}.pkl"
+        if legacy.exists():
+            save_state_file(torch.load(legacy, map_location="cpu", weights_only=True), path / f"{name}.safetensors")
+            legacy.unlink()
+
+
+def load_checkpointed(path: Path, name: str) -> dict:
+    if not (path / f"{name}.safetensors").exists():
+        raise ResumeError(f"checkpoint {path} has no {name}.safetensors: it is incomplete; resume from another one")
+    return load_state_file(path / f"{name}.safetensors")
 
 
 def checkpoint_name(step: int, substep: int) -> str:
@@ -172,8 +191,8 @@ class Distiller:
         self._owned = torch.zeros(num_classes * synthetic.rows_per_class, dtype=torch.bool)
         self._owned[synthetic.rows_of(self.my_classes)] = True
         self._owned = self._owned.to(accelerator.device)
-        accelerator.register_for_checkpointing(self.synthetic, self.optimizer, self.state, method,
-                                               *([self.scheduler] if self.scheduler is not None else []))
+        self.checkpointed = {"synthetic": self.synthetic, "optimizer": self.optimizer, "run_state": self.state,
+                             "method": method, **({"scheduler": self.scheduler} if self.scheduler is not None else {})}
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ process synchronisation
@@ -222,6 +241,8 @@ class Distiller:
         acc.save_state(str(staging), safe_serialization=True)
         acc.wait_for_everyone()
         if acc.is_main_process:
+            for name, obj in self.checkpointed.items():
+                save_state_file(obj.state_dict(), staging / f"{name}.safetensors")
             (staging / STATE_FILE).write_text(json.dumps(self.state.state_dict(), indent=2))
             if final.exists():
                 shutil.rmtree(final)
@@ -241,7 +262,12 @@ class Distiller:
         saved = json.loads((path / STATE_FILE).read_text())
         check_compatible(saved["fingerprint"], self.state.fingerprint)
         current_fingerprint = self.state.fingerprint
+        if self.accelerator.is_main_process:
+            migrate_legacy_checkpoint(path, self.checkpointed)
+        self.accelerator.wait_for_everyone()
         self.accelerator.load_state(str(path))
+        for name, obj in self.checkpointed.items():
+            obj.load_state_dict(load_checkpointed(path, name))
         self.state.fingerprint = current_fingerprint
         metrics = self.folder.metrics
         if self.accelerator.is_main_process and metrics.exists():  # forget what came after the checkpoint
