@@ -5,10 +5,17 @@ of the curves. Unfinished runs are listed and drawn dashed, never averaged into 
 
     python scripts/budget_study.py --title "DM vs DM + CMI, Fashion-MNIST IPC 10" \\
         --arm DM runs/dm-seed0/set runs/dm-seed1/set --arm "DM + CMI" runs/dm+cmi-seed0/set runs/dm+cmi-seed1/set \\
-        --markdown cell1.md --plot cell1.png
+        --markdown cell1.md --plot cell1.png --csv cells.csv --grid fmnist-cell1
+
+``--csv`` writes each finished run as a row of the study's ``cells.csv`` (replacing the row of the same grid,
+method and seed): final test and validation accuracy from the set's card, the one-network accuracy at 1/10 and
+1/5 of the iterations, the final set CMI, the distillation's own seconds (``elapsed_seconds`` of the last
+checkpoint: evaluations excluded, summed over every machine the run moved through) and the command that
+replays it from the run's ``config.yaml``.
 """
 
 import argparse
+import csv
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -29,6 +36,7 @@ class Run:
     reached: int
     curve: dict[int, float] = field(default_factory=dict)  # step -> one-network test accuracy
     final: float | None = None  # mean test accuracy of the final evaluation, None while unfinished
+    final_cmi: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -57,7 +65,7 @@ def read_run(path: Path) -> Run:
             continue
         accuracy = next(v for k, v in record.items() if k.startswith("accuracy/"))
         if record.get("final"):
-            run.final = accuracy
+            run.final, run.final_cmi = accuracy, record.get("final_cmi")
         else:
             run.curve[int(record["step"])] = accuracy
     return run
@@ -110,6 +118,44 @@ def summarize(title: str, arms: dict[str, list[Run]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CSV_FIELDS = ["grid", "dataset", "ipc", "method", "seed", "accuracy", "val_accuracy", "acc_at_10pct", "acc_at_20pct",
+              "final_cmi", "wall_s", "command"]
+
+
+def csv_row(grid: str, run: Run) -> dict:
+    """``cells.csv``'s row for a finished run, read from its card, config and last checkpoint."""
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(run.path / "README.md").data.to_dict()["distillation"]["default"]
+    config = yaml.safe_load((run.path / "config.yaml").read_text())
+    validation = card["results"][0].get("validation_accuracies")  # the final evaluation's, when the run held one out
+    last = max((run.path / "checkpoints").glob("step_*"), key=lambda c: c.name)
+    elapsed = json.loads((last / "distill_state.json").read_text())["elapsed_seconds"]
+    method = card["method"] + ("+cmi" if float(config.get("cmi_weight") or 0) > 0 else "")
+    return {"grid": grid, "dataset": config["dataset"], "ipc": card["ipc"], "method": method, "seed": run.seed,
+            "accuracy": round(run.final, 6),
+            "val_accuracy": round(statistics.mean(validation), 6) if validation else "",
+            "acc_at_10pct": run.curve.get(run.iterations // 10, ""),
+            "acc_at_20pct": run.curve.get(run.iterations // 5, ""),
+            "final_cmi": round(run.final_cmi, 6) if run.final_cmi is not None else "", "wall_s": round(elapsed, 1),
+            "command": f"python recipes/distill_{card['method']}.py --config {run.path / 'config.yaml'}"}
+
+
+def write_csv(path: Path, grid: str, arms: dict[str, list[Run]]) -> int:
+    """Put every finished run's row into ``path``, replacing the rows of the same grid, method and seed."""
+    rows = [csv_row(grid, run) for runs in arms.values() for run in runs if run.finished]
+    new = {(r["grid"], r["method"], str(r["seed"])) for r in rows}
+    kept = []
+    if path.exists():
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if (r["grid"], r["method"], r["seed"]) not in new]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(kept + rows)
+    return len(rows)
+
+
 def plot(path: Path, title: str, arms: dict[str, list[Run]]) -> None:
     """One-network accuracy against iteration, one line per run, dashed while unfinished; final means as stars."""
     import matplotlib
@@ -142,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="an arm's label then its run folders; the first arm is the base of the differences")
     parser.add_argument("--markdown", type=Path, help="write the summary here (else print it)")
     parser.add_argument("--plot", type=Path, help="write the curves here (PNG)")
+    parser.add_argument("--csv", type=Path, help="put the finished runs' rows into this cells.csv (needs --grid)")
+    parser.add_argument("--grid", help="the cell's name in --csv's grid column")
     args = parser.parse_args(argv)
+    if bool(args.csv) != bool(args.grid):
+        parser.error("--csv and --grid go together")
     if len(args.arm) < 2 or any(len(arm) < 2 for arm in args.arm):
         parser.error("--arm needs a label and at least one run folder, and the cell at least two arms")
     arms = {label: [read_run(Path(p)) for p in paths] for label, *paths in args.arm}
@@ -153,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         print(text, end="")
     if args.plot:
         plot(args.plot, args.title, arms)
+    if args.csv:
+        print(f"{write_csv(args.csv, args.grid, arms)} finished runs in {args.csv}")
     return 0
 
 

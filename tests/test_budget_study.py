@@ -69,3 +69,33 @@ def test_a_folder_without_metrics_is_one_clear_error(tmp_path, cell):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="has no config.yaml; pass the run folder"):
         budget_study.main(["--title", "t", "--arm", "DM", str(tmp_path / "empty"), "--arm", "X", str(cell["cmi0"])])
+
+
+def test_csv_rows_of_finished_runs_replace_their_own_and_keep_the_others(tmp_path):
+    """On the committed cell-1 runs: seed 0 of both arms finished; seed 2 of DM (an H200 partial) did not."""
+    partial = ROOT / "scripts" / "results" / "fashion-mnist" / "partial"
+    table = tmp_path / "cells.csv"
+    other = {f: "x" for f in budget_study.CSV_FIELDS} | {"grid": "another", "method": "dm", "seed": "0"}
+    stale = other | {"grid": "cell1", "accuracy": "0.1"}
+    with open(table, "w", newline="") as f:
+        writer = budget_study.csv.DictWriter(f, fieldnames=budget_study.CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows([other, stale])
+    assert budget_study.main(["--title", "cell 1", "--arm", "DM", str(partial / "dm-seed0/run/set"),
+                              str(partial / "h200/dm-seed2/run/set"), "--arm", "DM + CMI",
+                              str(partial / "dm+cmi-seed0/run/set"), "--markdown", str(tmp_path / "c.md"),
+                              "--csv", str(table), "--grid", "cell1"]) == 0
+    with open(table, newline="") as f:
+        rows = list(budget_study.csv.DictReader(f))
+    assert [(r["grid"], r["method"], r["seed"]) for r in rows] == [
+        ("another", "dm", "0"), ("cell1", "dm", "0"), ("cell1", "dm+cmi", "0")]
+    dm = rows[1]
+    assert (dm["dataset"], dm["ipc"], dm["accuracy"]) == ("fashion-mnist", "10", "0.834533")
+    assert dm["final_cmi"] == "0.038036"
+    assert float(dm["val_accuracy"]) == pytest.approx((0.866 + 0.851 + 0.854) / 3)  # the card's three networks
+    assert (dm["acc_at_10pct"], dm["acc_at_20pct"]) == ("0.8258", "0.8301")  # one network at 2,000 and 4,000
+    assert float(dm["wall_s"]) > 10_000
+    assert dm["command"] == f"python recipes/distill_dm.py --config {partial / 'dm-seed0/run/set/config.yaml'}"
+    with pytest.raises(SystemExit):
+        budget_study.main(["--title", "t", "--arm", "A", str(partial / "dm-seed0/run/set"), "--arm", "B",
+                           str(partial / "dm+cmi-seed0/run/set"), "--csv", str(table)])  # no --grid
