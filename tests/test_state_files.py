@@ -101,5 +101,8 @@ def test_a_checkpoint_from_before_the_safetensors_files_still_resumes_exactly(mn
 
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step_000002", tmp_path / "c" / "checkpoints" / "step_000002")
     (tmp_path / "c" / "checkpoints" / "step_000002" / "optimizer.safetensors").unlink()
+    incomplete = distiller(mnist, tmp_path / "c", 4)
     with pytest.raises(ResumeError, match="has no optimizer.safetensors: it is incomplete"):
-        distiller(mnist, tmp_path / "c", 4).run(resume_from_checkpoint="latest")
+        incomplete.run(resume_from_checkpoint="latest")
+    assert incomplete.state.step == 0  # nothing was loaded from it
+    assert torch.equal(incomplete.synthetic.images, PixelParametrization.from_real(mnist.train, 2, seed=1).images)

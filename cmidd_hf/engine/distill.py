@@ -265,9 +265,10 @@ class Distiller:
         if self.accelerator.is_main_process:
             migrate_legacy_checkpoint(path, self.checkpointed)
         self.accelerator.wait_for_everyone()
+        states = {name: load_checkpointed(path, name) for name in self.checkpointed}  # all present before any loads
         self.accelerator.load_state(str(path))
         for name, obj in self.checkpointed.items():
-            obj.load_state_dict(load_checkpointed(path, name))
+            obj.load_state_dict(states[name])
         self.state.fingerprint = current_fingerprint
         metrics = self.folder.metrics
         if self.accelerator.is_main_process and metrics.exists():  # forget what came after the checkpoint
