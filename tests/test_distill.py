@@ -219,6 +219,37 @@ def test_evaluations_follow_eval_every_and_eval_at_across_a_resume(mnist, tmp_pa
     assert [r["step"] for r in records(tmp_path) if r.get("event") == "evaluation"] == [0, 1, 4, 5, 6]
 
 
+def test_an_evaluation_cut_off_after_its_checkpoint_is_run_on_resume_and_a_finished_one_is_not(mnist, tmp_path):
+    """Killed during the evaluation that follows the step-2 checkpoint: the resumed run owes it (a hole in the
+    curve otherwise); resumed from a checkpoint whose evaluation was logged, it is not run twice."""
+    seen = []
+
+    def evaluate(images, labels, step):
+        seen.append(step)
+        if step == 2 and seen.count(2) == 1:
+            raise KeyboardInterrupt("killed during the evaluation")
+        return {"accuracy/convnet3": float(images.sum())}
+
+    def run(iterations, **kwargs):
+        return make_distiller(mnist, tmp_path / "b", iterations=iterations, checkpoint_every=2, eval_every=2,
+                              evaluate_at_start=False, evaluate=evaluate, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(4).run()
+    run(4).run(resume_from_checkpoint="latest")
+    assert seen == [2, 2]  # 4 is the last iteration: the runner's final evaluation, not the loop's
+    run(6).run(resume_from_checkpoint="latest")  # from step 4, which logged no evaluation, being the last then
+    assert seen == [2, 2, 4]
+    run(6).run(resume_from_checkpoint="latest")  # from step 6: nothing owed
+    assert seen == [2, 2, 4]
+    straight = []
+    make_distiller(mnist, tmp_path / "a", iterations=6, checkpoint_every=2, eval_every=2, evaluate_at_start=False,
+                   evaluate=lambda i, y, step: straight.append(step) or {"accuracy/convnet3": float(i.sum())}).run()
+    evaluations = [r for r in records(tmp_path / "b") if r.get("event") == "evaluation"]
+    assert evaluations == [r for r in records(tmp_path / "a") if r.get("event") == "evaluation"]
+    assert [r["step"] for r in evaluations] == [2, 4]
+
+
 @pytest.mark.parametrize(("iterations", "kwargs", "expected"), [
     (0, {"eval_every": 1}, []),  # the initial set is the final one: the runner's to evaluate, not twice
     (5, {"eval_every": 2, "evaluate_at_start": False}, [2, 4]),

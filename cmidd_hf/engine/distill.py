@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from .cpu_memory import reuse_freed_memory
@@ -194,6 +194,7 @@ class Distiller:
         self.checkpointed = {"synthetic": self.synthetic, "optimizer": self.optimizer, "run_state": self.state,
                              "method": method, **({"scheduler": self.scheduler} if self.scheduler is not None else {})}
         self._stop_signal: int | None = None
+        self._evaluation_owed = False
 
     # ------------------------------------------------------------------ process synchronisation
 
@@ -271,13 +272,20 @@ class Distiller:
             obj.load_state_dict(states[name])
         self.state.fingerprint = current_fingerprint
         metrics = self.folder.metrics
+        evaluated = [False]
         if self.accelerator.is_main_process and metrics.exists():  # forget what came after the checkpoint
-            kept = [line for line in metrics.read_text().splitlines()
+            kept = [(line, record) for line in metrics.read_text().splitlines()
                     if line and (record := json.loads(line)).get("step", 0) <= self.state.step
                     and not record.get("final")]
+            evaluated = [any(r.get("event") == "evaluation" and r["step"] == self.state.step for _, r in kept)]
             tmp = metrics.with_name(f".{metrics.name}.tmp")
-            tmp.write_text("".join(f"{line}\n" for line in kept))
+            tmp.write_text("".join(f"{line}\n" for line, _ in kept))
             os.replace(tmp, metrics)
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(evaluated)
+        # a run stopped during the evaluation that follows its checkpoint owes that evaluation
+        self._evaluation_owed = (self.state.substep == 0 and self.state.step > 0 and not evaluated[0]
+                                 and self._evaluates_after(self.state.step))
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -430,7 +438,7 @@ class Distiller:
         last_good: Path | None = None
         bar = tqdm(total=self.iterations, initial=state.step, desc=self.description, unit="it",
                    disable=not (self.progress and acc.is_main_process))
-        if state.step == 0 and state.substep == 0 and self._evaluates_after(0):
+        if (state.step == 0 and state.substep == 0 and self._evaluates_after(0)) or self._evaluation_owed:
             self._run_evaluation()
         started = time.perf_counter() - state.elapsed_seconds
         while state.step < self.iterations:
