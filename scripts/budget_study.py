@@ -126,11 +126,14 @@ def csv_row(grid: str, run: Run) -> dict:
     """``cells.csv``'s row for a finished run, read from its card, config and last checkpoint."""
     from huggingface_hub import DatasetCard
 
+    checkpoints = sorted((run.path / "checkpoints").glob("step_*/distill_state.json"))
+    if not (run.path / "README.md").is_file() or not checkpoints:
+        raise SystemExit(f"error: {run.path} has no card (README.md) or no checkpoint; --csv reads the run folder "
+                         "a finished recipe run leaves (checkpoint_every > 0)")
     card = DatasetCard.load(run.path / "README.md").data.to_dict()["distillation"]["default"]
     config = yaml.safe_load((run.path / "config.yaml").read_text())
     validation = card["results"][0].get("validation_accuracies")  # the final evaluation's, when the run held one out
-    last = max((run.path / "checkpoints").glob("step_*"), key=lambda c: c.name)
-    elapsed = json.loads((last / "distill_state.json").read_text())["elapsed_seconds"]
+    elapsed = json.loads(checkpoints[-1].read_text())["elapsed_seconds"]
     method = card["method"] + ("+cmi" if float(config.get("cmi_weight") or 0) > 0 else "")
     return {"grid": grid, "dataset": config["dataset"], "ipc": card["ipc"], "method": method, "seed": run.seed,
             "accuracy": round(run.final, 6),

@@ -99,3 +99,8 @@ def test_csv_rows_of_finished_runs_replace_their_own_and_keep_the_others(tmp_pat
     with pytest.raises(SystemExit):
         budget_study.main(["--title", "t", "--arm", "A", str(partial / "dm-seed0/run/set"), "--arm", "B",
                            str(partial / "dm+cmi-seed0/run/set"), "--csv", str(table)])  # no --grid
+    before = table.read_text()
+    with pytest.raises(SystemExit, match="has no card"):
+        bare = budget_study.read_run(fake_run(tmp_path / "f", 0, {0: 0.7}, 0.8))  # no card, no checkpoint
+        budget_study.write_csv(table, "cell1", {"A": [bare]})
+    assert table.read_text() == before  # nothing half-written
