@@ -343,6 +343,29 @@ def test_corrupt_or_mismatched_experts_are_refused(tmp_path, proxy_cache, expert
     assert "zca=False but the experts were trained on ZCA-whitened images" in result.stderr.splitlines()[-1]
 
 
+def test_a_resume_with_other_experts_is_refused_before_anything_is_written(tmp_path, proxy_cache, expert_cache,
+                                                                           experts, capsys):
+    """The experts shaped the set: a resume whose folder now holds other ones (here one expert's record changed
+    in place) stops with one line naming them, and the run folder is left as it was."""
+    import shutil
+
+    folder = tmp_path / "experts"
+    shutil.copytree(experts.folder, folder)
+    spec = ["--experts", f"local-dir:{folder}"]
+    assert recipe(tmp_path, proxy_cache, expert_cache, capsys, *spec, "--iterations", "2").returncode == 0
+    index = json.loads((folder / "experts.json").read_text())
+    index["experts"][0]["test_accuracy"] = 0.5
+    (folder / "experts.json").write_text(json.dumps(index))
+    run = tmp_path / "out" / "r"
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    result = recipe(tmp_path, proxy_cache, expert_cache, capsys, *spec, "--resume_from_checkpoint", "latest")
+    assert result.returncode == 2
+    error = result.stderr.strip()
+    assert error.startswith("error: cannot resume") and "artifacts: checkpoint {'experts'" in error
+    assert "\n" not in error
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+
+
 def test_refusals_without_data():
     for bad, message in (({"trajectories": 0}, "trajectories=0"), ({"batch_syn": 0}, "batch_syn=0"),
                          ({"lr_lr": 0.0}, "lr_lr=0.0"), ({"gradient": "tesla"}, "gradient='tesla'"),

@@ -1,11 +1,13 @@
 """Proxy pools: timm Hub-format save/load (local-dir:, hf-hub: from the cache), transformers, checks."""
 
 import importlib.util
+import json
 import logging
 import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import huggingface_hub
@@ -15,6 +17,7 @@ import torch
 import yaml
 
 from cmidd_hf import build_network, load_image_classification
+from cmidd_hf.artifacts.experts import ExpertRecipe, resolve_experts
 from cmidd_hf.artifacts.proxies import (
     ProxyError,
     ProxyPool,
@@ -117,6 +120,27 @@ def test_runs_side_by_side_build_a_cached_artifact_once(tmp_path):
     with ThreadPoolExecutor(2) as pool:
         folders = list(pool.map(lambda _: cached_or_built(tmp_path, "expert-key", build, complete), range(2)))
     assert len(builds) == 1 and folders[0] == folders[1] == tmp_path / "expert-key" and complete(folders[0])
+
+
+def test_artifacts_trained_on_a_held_out_split_are_cached_per_split(tmp_path):
+    """Runs whose validation images differ (another seed) must not share trained proxies or experts: one that
+    saw the other's validation images would leak them into its model selection. The whole training split keeps
+    the plain dataset key (existing caches stay valid)."""
+    proxy_spec = ProxyTrainingSpec(arch="convnet3_w32", count=1, epochs=1, batch_size=1024)
+    expert_recipe = ExpertRecipe(arch="convnet3_w32", num_experts=1, epochs=1, batch_size=1024)
+    proxies, experts = {}, {}
+    for seed in (0, 1):
+        data = load_image_classification("mnist-5k", validation_per_class=5, seed=seed)
+        assert data.train_split == f"minus-val5-seed{seed}"
+        [(spec, _)] = cached_or_trained(proxy_spec, data, tmp_path / "proxies", "mnist-5k", progress=False)
+        proxies[seed] = Path(spec.removeprefix("local-dir:"))
+        experts[seed] = resolve_experts({"train": asdict(expert_recipe)}, data, tmp_path / "experts", "mnist-5k",
+                                        progress=False, compile=False).folder
+    assert proxies[0] != proxies[1] and experts[0] != experts[1]
+    assert proxies[1].parent.name == proxy_spec.cache_key("mnist-5k-minus-val5-seed1")
+    assert "minus-val5-seed1" in (proxies[1] / "README.md").read_text()
+    assert json.loads((experts[1] / "experts.json").read_text())["train_split"] == "minus-val5-seed1"
+    assert load_image_classification("mnist-5k").train_split == ""
 
 
 def test_a_proxy_collection_is_one_range_entry_with_recorded_revisions(saved_proxy, mnist, fake_hub):

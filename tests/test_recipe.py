@@ -144,6 +144,12 @@ def test_resume_latest_continues_and_refuses_a_changed_configuration(proxy_cache
         assert main_entry(argv(tmp_path, proxy_cache, *extra, "--resume_from_checkpoint", "latest"), None) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: cannot resume") and changed in err and "\n" not in err
+    # other proxies would change the term that shaped the set (here one of its two)
+    (first,) = proxy_cache.glob("mnist-5k-convnet3_w32-e1-*-b512-s0/proxy-0")
+    assert main_entry(argv(tmp_path, proxy_cache, "--proxies", f"local-dir:{first}", "--resume_from_checkpoint",
+                           "latest"), None) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot resume") and "proxies: checkpoint [" in err and "\n" not in err
     assert main_entry(argv(tmp_path, proxy_cache, "--resume_from_checkpoint", "latest"), None, method="dsa") == 2
     assert "method: checkpoint 'dm' vs now 'dsa'" in capsys.readouterr().err
     assert (finished_run / "README.md").read_text() == before  # refusals touched nothing
@@ -152,6 +158,16 @@ def test_resume_latest_continues_and_refuses_a_changed_configuration(proxy_cache
     assert meta["distillation"]["default"]["iterations"] == 6
     steps = [json.loads(line)["step"] for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 6]  # six iterations, then the one final evaluation record
+
+
+def test_a_checkpoint_older_than_an_identity_key_resumes_and_a_changed_key_is_refused():
+    """Checkpoints written before the proxies joined the identity (2026-12-06) still resume; a changed value of a
+    key the checkpoint holds is refused, naming it."""
+    from cmidd_hf.engine.distill import ResumeError, check_compatible
+
+    check_compatible({"seed": 0}, {"seed": 0, "proxies": ["ab"]})
+    with pytest.raises(ResumeError, match=r"proxies: checkpoint \['ab'\] vs now \['cd'\]"):
+        check_compatible({"seed": 0, "proxies": ["ab"]}, {"seed": 0, "proxies": ["cd"]})
 
 
 def test_config_defaults_cli_overrides_and_unknown_keys(tmp_path):

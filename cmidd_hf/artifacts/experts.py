@@ -32,7 +32,14 @@ from ..data.loading import ImageClassificationData
 from ..data.transforms import ZCA_FILE, ZCAWhitening
 from ..evaluation.protocols import EvalProtocol
 from ..evaluation.trainer import EpochStats, NetworkTrainer, StoreSet
-from .resolver import ArtifactError, cached_or_built, push_artifact, resolve_artifact
+from .resolver import (
+    ArtifactError,
+    cached_or_built,
+    push_artifact,
+    resolve_artifact,
+    sha256_file,
+    training_data_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +185,11 @@ class ExpertTrajectories:
                               "use experts trained on this dataset")
 
     def describe(self) -> dict:
-        """What a card records: where they came from, how many, how trained."""
+        """What a card records: where they came from, how many, how trained, and the sha256 of their index (it
+        lists every expert's file and accuracy), which a resume must find again."""
         return {**self.provenance, "arch": self.arch, "num_experts": self.num_experts, "epochs": self.epochs,
-                "recipe": self.index["recipe"], "zca": self.index.get("zca")}
+                "recipe": self.index["recipe"], "zca": self.index.get("zca"),
+                "sha256": sha256_file(self.folder / INDEX_FILE)}
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -256,6 +265,7 @@ def _recipe_record(recipe: ExpertRecipe) -> dict:
 def _write_index(folder: Path, recipe: ExpertRecipe, data: ImageClassificationData, dataset_id: str,
                  names: list, transform: ZCAWhitening | None, records: dict, finished: bool) -> None:
     index = {"format": FORMAT if finished else f"{FORMAT} (in progress)", "dataset": dataset_id,
+             "train_split": data.train_split or "all",
              "arch": recipe.arch, "num_classes": data.num_classes, "image_shape": list(data.image_shape),
              "normalization": {"mean": list(data.mean), "std": list(data.std)},
              "parameters": names, "num_params": sum(_numel(shape) for _, shape in names),
@@ -332,7 +342,8 @@ def resolve_experts(spec: str | Mapping, data: ImageClassificationData, cache_di
         def build(staging: Path) -> None:
             train_experts(recipe, data, staging, dataset_id, compile=compile, progress=progress)
 
-        folder = cached_or_built(cache_dir, recipe.cache_key(dataset_id.replace("/", "--")), build, complete)
+        key = recipe.cache_key(training_data_key(dataset_id, data.train_split))
+        folder = cached_or_built(cache_dir, key, build, complete)
         experts = ExpertTrajectories(folder, {"name": "train", "path": str(folder), "recipe": asdict(recipe)})
     else:
         experts = ExpertTrajectories.from_spec(str(spec))

@@ -42,6 +42,17 @@ def fingerprint(recipe: DistillRecipe, data: ImageClassificationData) -> dict:
             **recipe.method.identity()}
 
 
+def proxy_identity(pool: ProxyPool) -> list[str]:
+    """The proxies as a resume must find them again: each one's weights by sha256 prefix (its name where none)."""
+    return [record["sha256"][:16] if record.get("sha256") else record["name"] for record in pool.provenance]
+
+
+def artifact_identity(artifacts: MethodArtifacts) -> dict:
+    """The method's artifacts (experts, teacher) as a resume must find them again: their sha256 prefixes."""
+    hashes = {name: record["sha256"][:16] for name, record in artifacts.provenance.items() if record.get("sha256")}
+    return {"artifacts": hashes} if hashes else {}
+
+
 def set_cmi(pool: ProxyPool, images: torch.Tensor, labels: torch.Tensor, space: str, num_classes: int) -> float:
     """Mean over the proxies of the class-aware CMI of the set (``dataset_cmi``, also behind the metric)."""
     values = dataset_cmi(images, labels, list(pool), space=space, num_classes=num_classes)
@@ -166,10 +177,15 @@ def run_distillation(recipe: DistillRecipe) -> dict:
                           f"{data.name}; choose ipc <= {smallest}")
     identity = fingerprint(recipe, data)
     block_run = (folder.root / BLOCKS_DIR / "run.json").exists()
+    saved_identity = None
     if run.resume_from_checkpoint and not block_run:  # refuse an incompatible resume before any long work
         checkpoint = find_checkpoint(folder.root, run.resume_from_checkpoint)
-        check_compatible(json.loads((checkpoint / STATE_FILE).read_text())["fingerprint"], identity)
+        saved_identity = json.loads((checkpoint / STATE_FILE).read_text())["fingerprint"]
+        check_compatible(saved_identity, identity)
     artifacts = resolve_method_artifacts(recipe, data, accelerator)
+    identity.update(artifact_identity(artifacts))
+    if saved_identity is not None:  # other experts or teacher: a resume would continue another run
+        check_compatible(saved_identity, identity)
     if artifacts.transform is not None:  # e.g. the experts' ZCA: every split, the proxies' training included
         data = data.with_transform(artifacts.transform)
     method = build_method(recipe, data, device, artifacts)
@@ -191,6 +207,9 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         pool.to(device)
     regularizer = None
     if cmi_args.cmi_weight > 0:
+        identity["proxies"] = proxy_identity(pool)  # the term's networks shape the set: a resume keeps them
+        if saved_identity is not None:  # before anything is written
+            check_compatible(saved_identity, identity)
         regularizer = CMIRegularizer(list(pool), cmi_args.cmi_weight, space=cmi_args.cmi_space,
                                      normalization=cmi_args.cmi_normalization, every=cmi_args.cmi_every,
                                      class_chunk_size=cmi_args.cmi_class_chunk, seed=run.seed,

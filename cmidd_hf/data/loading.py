@@ -387,7 +387,12 @@ class RealImageStore:
 
 @dataclass
 class ImageClassificationData:
-    """A loaded dataset: train/test (and optional validation) stores plus metadata."""
+    """A loaded dataset: train/test (and optional validation) stores plus metadata.
+
+    ``train_split``: which training images ``train`` holds: "" for the dataset's whole training split, else the
+    held-out rule (e.g. "minus-val100-seed0"), so artifacts trained on it (proxies, experts) are cached per split
+    and a run never reuses ones that saw its validation images.
+    """
 
     name: str
     train: RealImageStore
@@ -397,6 +402,7 @@ class ImageClassificationData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     license: str | None = None
+    train_split: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -537,5 +543,6 @@ def load_image_classification(
         if test_shape != image_shape:
             raise DataError(f"test images are {test_shape} but train images are {image_shape}; set image_size")
         test = RealImageStore(test_source, test_labels, num_classes, mean, std, image_shape, num_workers=workers)
+    train_split = f"minus-val{validation_per_class}-seed{seed}" if validation is not None else ""
     return ImageClassificationData(name, train, test, validation, class_names, tuple(mean), tuple(std),
-                                   card_license(folder, dsd))
+                                   card_license(folder, dsd), train_split)

@@ -123,8 +123,9 @@ def checkpoints(root: Path) -> list[Path]:
 
 
 def check_compatible(saved: dict, current: dict) -> None:
-    """Refuse to resume when the dataset, IPC, image size, method (or other identity keys) changed."""
-    changed = {k: (saved.get(k), current.get(k)) for k in current if saved.get(k) != current.get(k)}
+    """Refuse to resume when the dataset, IPC, image size, method (or other identity keys) changed. A key the
+    checkpoint lacks predates that check (an older checkpoint) and is accepted."""
+    changed = {k: (saved[k], current[k]) for k in current if k in saved and saved[k] != current[k]}
     if changed:
         details = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items())
         raise ResumeError(f"cannot resume: the checkpoint was made with a different configuration ({details}). "

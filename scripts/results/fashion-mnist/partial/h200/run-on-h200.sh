@@ -11,6 +11,9 @@ export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_HOME=${HF_HOME_DEV:-/tmp/hf
 mkdir -p /usr/share/datasets/fashion-mnist && cp .devdata/fashion-mnist/* /usr/share/datasets/fashion-mnist/
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; python3 -c "import torch;print(torch.__version__, torch.cuda.is_available())"
 G=/tmp/grid; mkdir -p $G; cp -r scripts/results/fashion-mnist/partial/dm-seed0/proxy-cache $G/proxy-cache
+# Cell 1 began (2026-12-03/04) with the two proxies seed 0 trained, shared by every seed, before caches were kept per
+# training split; its runs keep them by name so a resume never changes a run's proxies.
+P=$G/proxy-cache/fashion-mnist-minus-val100-seed0-convnet3-e5-lr0.01-wd0.001-b256-s0
 python3 -c "from cmidd_hf.data.loading import load_image_classification as l; d=l('fashion-mnist'); print('data ok', d)" 2>&1 | tail -3
 echo "prep $(( $(date +%s) - START )) s"
 PIDS=()
@@ -25,7 +28,7 @@ for seed in ${SEEDS:-1 2}; do
     fi
     left=$(( DEADLINE - ($(date +%s) - START) ))
     timeout -s TERM -k 60 $left python3 recipes/distill_dm.py --config recipes/configs/dm_cmi/fashion-mnist_ipc10.yaml $w \
-      --seed $seed --compile ${COMPILE:-false} --proxy_cache_dir $G/proxy-cache --output_dir $G/$arm-seed$seed --run_name set \
+      --seed $seed --compile ${COMPILE:-false} --proxies local-dir:$P/proxy-0 local-dir:$P/proxy-1 --output_dir $G/$arm-seed$seed --run_name set \
       --eval_baseline false ${EXTRA:-} > $G/$arm-seed$seed.log 2>&1 &
     PIDS+=($!)
   done
