@@ -131,7 +131,7 @@ def test_artifacts_trained_on_a_held_out_split_are_cached_per_split(tmp_path):
     proxies, experts = {}, {}
     for seed in (0, 1):
         data = load_image_classification("mnist-5k", validation_per_class=5, seed=seed)
-        assert data.train_split == f"minus-val5-seed{seed}"
+        assert data.train_subset == f"minus-val5-seed{seed}"
         [(spec, _)] = cached_or_trained(proxy_spec, data, tmp_path / "proxies", "mnist-5k", progress=False)
         proxies[seed] = Path(spec.removeprefix("local-dir:"))
         experts[seed] = resolve_experts({"train": asdict(expert_recipe)}, data, tmp_path / "experts", "mnist-5k",
@@ -139,8 +139,9 @@ def test_artifacts_trained_on_a_held_out_split_are_cached_per_split(tmp_path):
     assert proxies[0] != proxies[1] and experts[0] != experts[1]
     assert proxies[1].parent.name == proxy_spec.cache_key("mnist-5k-minus-val5-seed1")
     assert "minus-val5-seed1" in (proxies[1] / "README.md").read_text()
-    assert json.loads((experts[1] / "experts.json").read_text())["train_split"] == "minus-val5-seed1"
-    assert load_image_classification("mnist-5k").train_split == ""
+    assert json.loads((experts[1] / "experts.json").read_text())["train_subset"] == "minus-val5-seed1"
+    assert load_image_classification("mnist-5k").train_subset == ""
+    assert load_image_classification("mnist-5k", train_split="test", test_split=None).train_subset == "split-test"
 
 
 def test_a_proxy_collection_is_one_range_entry_with_recorded_revisions(saved_proxy, mnist, fake_hub):

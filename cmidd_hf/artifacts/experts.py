@@ -265,7 +265,7 @@ def _recipe_record(recipe: ExpertRecipe) -> dict:
 def _write_index(folder: Path, recipe: ExpertRecipe, data: ImageClassificationData, dataset_id: str,
                  names: list, transform: ZCAWhitening | None, records: dict, finished: bool) -> None:
     index = {"format": FORMAT if finished else f"{FORMAT} (in progress)", "dataset": dataset_id,
-             "train_split": data.train_split or "all",
+             "train_subset": data.train_subset or "all",
              "arch": recipe.arch, "num_classes": data.num_classes, "image_shape": list(data.image_shape),
              "normalization": {"mean": list(data.mean), "std": list(data.std)},
              "parameters": names, "num_params": sum(_numel(shape) for _, shape in names),
@@ -342,7 +342,7 @@ def resolve_experts(spec: str | Mapping, data: ImageClassificationData, cache_di
         def build(staging: Path) -> None:
             train_experts(recipe, data, staging, dataset_id, compile=compile, progress=progress)
 
-        key = recipe.cache_key(training_data_key(dataset_id, data.train_split))
+        key = recipe.cache_key(training_data_key(dataset_id, data.train_subset))
         folder = cached_or_built(cache_dir, key, build, complete)
         experts = ExpertTrajectories(folder, {"name": "train", "path": str(folder), "recipe": asdict(recipe)})
     else:

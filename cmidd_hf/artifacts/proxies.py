@@ -201,13 +201,13 @@ def proxy_model_card(spec: ProxyTrainingSpec, index: int, accuracy: float | None
                               tags=["image-classification", "timm", "cmidd-hf", "dataset-distillation-proxy"],
                               datasets=[dataset_id], model_name=name, eval_results=results or None,
                               training={**asdict(spec), "index": index, "seed": spec.seed + index,
-                                        "no_augmentation": True, "train_split": data.train_split or "all"})
+                                        "no_augmentation": True, "train_subset": data.train_subset or "all"})
     accuracy_text = f"{100 * accuracy:.2f} %" if accuracy is not None else "not measured"
     body = f"""# {name}
 
 A proxy network for the class-aware CMI regularizer of [CMIDD](https://github.com/ndhg1213/CMIDD)-style
 dataset distillation with `cmidd-hf`: `{spec.arch}` trained on `{dataset_id}` (training images:
-{data.train_split or "the whole training split"}; seed {spec.seed + index}).
+{data.train_subset or "the whole training split"}; seed {spec.seed + index}).
 License: that of the training data (`{data.license or "see the dataset card"}`).
 
 - Test accuracy: {accuracy_text}
@@ -337,7 +337,7 @@ def cached_or_trained(spec: ProxyTrainingSpec, data: ImageClassificationData, ca
     it once, and a finished one is read without the lock (read-only caches work).
     """
     out = []
-    root = cache_dir / spec.cache_key(training_data_key(dataset_id, data.train_split))
+    root = cache_dir / spec.cache_key(training_data_key(dataset_id, data.train_subset))
     for index in range(spec.count):
         def train(staging: Path, index: int = index) -> None:
             model, accuracy = train_proxy(spec, data, index, device, progress)

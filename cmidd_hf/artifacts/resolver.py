@@ -83,12 +83,12 @@ def resolve_artifact(spec: str, required: Sequence[str], kind: str,
     return ResolvedArtifact(spec, folder, provenance)
 
 
-def training_data_key(dataset_id: str, train_split: str = "") -> str:
-    """The part of a cache key naming what an artifact was trained on: the dataset id (``/`` → ``--``) and, for a
-    training split with held-out validation images, the hold-out rule, so runs with other hold-outs never share
-    it; the whole training split keeps the plain id."""
+def training_data_key(dataset_id: str, train_subset: str = "") -> str:
+    """The part of a cache key naming what an artifact was trained on: the dataset id (``/`` → ``--``) and, for
+    other training images than the whole ``train`` split (another configuration or split, held-out validation
+    images), which ones, so runs on other images never share it; the whole split keeps the plain id."""
     key = dataset_id.replace("/", "--")
-    return f"{key}-{train_split}" if train_split else key
+    return f"{key}-{train_subset}" if train_subset else key
 
 
 def cached_or_built(cache_dir: str | os.PathLike, key: str, build: Callable[[Path], None],

@@ -389,9 +389,10 @@ class RealImageStore:
 class ImageClassificationData:
     """A loaded dataset: train/test (and optional validation) stores plus metadata.
 
-    ``train_split``: which training images ``train`` holds: "" for the dataset's whole training split, else the
-    held-out rule (e.g. "minus-val100-seed0"), so artifacts trained on it (proxies, experts) are cached per split
-    and a run never reuses ones that saw its validation images.
+    ``train_subset``: which training images ``train`` holds: "" for the dataset's whole ``train`` split, else the
+    configuration, split and hold-out rule that differ (e.g. "minus-val100-seed0", "split-extra"), so artifacts
+    trained on it (proxies, experts, teachers) are cached apart and a run never reuses ones that saw its validation
+    images.
     """
 
     name: str
@@ -402,7 +403,7 @@ class ImageClassificationData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     license: str | None = None
-    train_split: str = ""
+    train_subset: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -543,6 +544,8 @@ def load_image_classification(
         if test_shape != image_shape:
             raise DataError(f"test images are {test_shape} but train images are {image_shape}; set image_size")
         test = RealImageStore(test_source, test_labels, num_classes, mean, std, image_shape, num_workers=workers)
-    train_split = f"minus-val{validation_per_class}-seed{seed}" if validation is not None else ""
+    subset = [f"config-{config_name}"] if config_name else []
+    subset += [f"split-{train_split}"] if train_split != "train" else []
+    subset += [f"minus-val{validation_per_class}-seed{seed}"] if validation is not None else []
     return ImageClassificationData(name, train, test, validation, class_names, tuple(mean), tuple(std),
-                                   card_license(folder, dsd), train_split)
+                                   card_license(folder, dsd), "-".join(subset))
