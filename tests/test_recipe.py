@@ -161,11 +161,13 @@ def test_resume_latest_continues_and_refuses_a_changed_configuration(proxy_cache
 
 
 def test_a_checkpoint_older_than_an_identity_key_resumes_and_a_changed_key_is_refused():
-    """Checkpoints written before the proxies joined the identity (2026-12-06) still resume; a changed value of a
-    key the checkpoint holds is refused, naming it."""
+    """Checkpoints written before the proxies and artifacts joined the identity (2026-12-06) still resume; any
+    other key they lack, or a changed value, is refused, naming it."""
     from cmidd_hf.engine.distill import ResumeError, check_compatible
 
-    check_compatible({"seed": 0}, {"seed": 0, "proxies": ["ab"]})
+    check_compatible({"seed": 0}, {"seed": 0, "proxies": ["ab"], "artifacts": {"experts": "cd"}})
+    with pytest.raises(ResumeError, match="validation_per_class: checkpoint None vs now 100"):
+        check_compatible({"seed": 0}, {"seed": 0, "validation_per_class": 100})  # only the later keys may be absent
     with pytest.raises(ResumeError, match=r"proxies: checkpoint \['ab'\] vs now \['cd'\]"):
         check_compatible({"seed": 0, "proxies": ["ab"]}, {"seed": 0, "proxies": ["cd"]})
 

@@ -51,7 +51,7 @@ from pathlib import Path
 folder = Path(sys.argv[sys.argv.index("--output_dir") + 1]) / "set" / "checkpoints"
 step = 0
 def stop(*_):
-    (folder / f"step_{step:06d}").mkdir(parents=True)
+    (folder / f"step_{step:06d}").mkdir(parents=True, exist_ok=True)  # the loop may have just written it
     print(f"interrupted: checkpoint saved at {step}", flush=True)
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)

@@ -122,10 +122,15 @@ def checkpoints(root: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+# Identity keys added after checkpoints were first written (2026-12-06: the weights of the CMI proxies and of the
+# method's artifacts); a checkpoint without one predates it and is not checked on it.
+LATER_IDENTITY_KEYS = frozenset({"proxies", "artifacts"})
+
+
 def check_compatible(saved: dict, current: dict) -> None:
-    """Refuse to resume when the dataset, IPC, image size, method (or other identity keys) changed. A key the
-    checkpoint lacks predates that check (an older checkpoint) and is accepted."""
-    changed = {k: (saved[k], current[k]) for k in current if k in saved and saved[k] != current[k]}
+    """Refuse to resume when the dataset, IPC, image size, method (or other identity keys) changed."""
+    changed = {k: (saved.get(k), current[k]) for k in current
+               if saved.get(k) != current[k] and not (k in LATER_IDENTITY_KEYS and k not in saved)}
     if changed:
         details = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in changed.items())
         raise ResumeError(f"cannot resume: the checkpoint was made with a different configuration ({details}). "
