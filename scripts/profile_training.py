@@ -13,6 +13,7 @@ layer is its own row). Numbers depend on the CPU kind: say which when quoting th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -36,11 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_compile", action="store_true")
     parser.add_argument("--rows", type=int, default=12)
     args = parser.parse_args(argv)
+    for name in ("batches", "threads", "rows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
 
     torch.set_num_threads(args.threads)
-    data = load_image_classification(args.dataset)
-    protocol = (ExpertRecipe(arch=args.arch, epochs=1).protocol(data.name) if args.protocol == "expert"
-                else get_protocol(args.protocol, epochs=1))  # one pass over the batches per train() call
+    try:
+        data = load_image_classification(args.dataset)
+        protocol = (ExpertRecipe(arch=args.arch, epochs=1).protocol(data.name) if args.protocol == "expert"
+                    else get_protocol(args.protocol, epochs=1))  # one pass over the batches per train() call
+    except ValueError as err:  # an unknown dataset (DataError) or protocol
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     images = data.train.subset(torch.arange(protocol.batch_size * args.batches))
     trainer = NetworkTrainer(args.arch, data.num_classes, data.image_shape, protocol, None,
                              precision=args.precision, compile=not args.no_compile)
