@@ -72,7 +72,7 @@ def test_a_folder_without_metrics_is_one_clear_error(tmp_path, cell):
 
 
 def test_csv_rows_of_finished_runs_replace_their_own_and_keep_the_others(tmp_path):
-    """On the committed cell-1 runs: seed 0 of both arms finished; seed 2 of DM (a resumable partial) did not."""
+    """On the committed cell-1 seed-0 runs (both finished) beside an unfinished run written by hand."""
     partial = ROOT / "scripts" / "results" / "fashion-mnist" / "partial"
     table = tmp_path / "cells.csv"
     other = {f: "x" for f in budget_study.CSV_FIELDS} | {"grid": "another", "method": "dm", "seed": "0"}
@@ -82,7 +82,7 @@ def test_csv_rows_of_finished_runs_replace_their_own_and_keep_the_others(tmp_pat
         writer.writeheader()
         writer.writerows([other, stale])
     assert budget_study.main(["--title", "cell 1", "--arm", "DM", str(partial / "dm-seed0/run/set"),
-                              str(partial / "dm-seed2/run/set"), "--arm", "DM + CMI",
+                              str(fake_run(tmp_path / "unfinished", 2, {0: 0.7}, None)), "--arm", "DM + CMI",
                               str(partial / "dm+cmi-seed0/run/set"), "--markdown", str(tmp_path / "c.md"),
                               "--csv", str(table), "--grid", "cell1"]) == 0
     with open(table, newline="") as f:
