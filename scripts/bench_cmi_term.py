@@ -5,7 +5,8 @@ it. Given ``--official`` (a checkout of ndhg1213/CMIDD), the same term on the au
 ``DC-DSA-DM/networks.py`` ResNet18 (instance norm as GroupNorm), imported from the checkout at run time, its
 ``embed`` features scored by our class-aware CMI (the loss arithmetic is microseconds; the network is the cost).
 Both run in this process on the same images, ``--repeats`` times after one warm-up, at the precision ``auto``
-resolves to here (bf16 only where it is native).
+resolves to here (bf16 only where it is native). Ours runs twice: eager, and compiled channels-last (``compile=True``,
+what a recipe runs by default; its compilation is in the warm-up).
 
     python scripts/bench_cmi_term.py --ipc 10 --official /tmp/cmidd-official
 """
@@ -45,14 +46,17 @@ def main() -> None:
     images = torch.randn(10 * args.ipc, 3, 32, 32)
     labels = torch.arange(10).repeat_interleave(args.ipc)
     precision = resolve_precision("auto", "cpu")
-    regularizer = CMIRegularizer([build_network("resnet18_cifar", 10, 3, (32, 32))], weight=8000,
-                                 normalization="global", precision="auto")
+    rows = []
+    for compiled in (False, True):
+        regularizer = CMIRegularizer([build_network("resnet18_cifar", 10, 3, (32, 32))], weight=8000,
+                                     normalization="global", precision="auto", compile=compiled)
 
-    def ours() -> None:
-        x = images.clone().requires_grad_(True)
-        regularizer(x, labels, 0)[0].backward()
+        def ours(regularizer=regularizer) -> None:
+            x = images.clone().requires_grad_(True)
+            regularizer(x, labels, 0)[0].backward()
 
-    rows = [("ours (resnet18_cifar, CMIRegularizer)", seconds(ours, args.repeats))]
+        rows.append((f"ours (resnet18_cifar, CMIRegularizer, {'compiled, channels-last' if compiled else 'eager'})",
+                     seconds(ours, args.repeats)))
     if args.official is not None:
         source = args.official / "DC-DSA-DM" / "networks.py"
         if not source.is_file():

@@ -63,7 +63,7 @@ def build(method: str, store, ipc: int, with_cmi: bool, precision: str, compile:
         proxy = build_network("resnet18_cifar", 10, 3, (32, 32))
         weight, normalization = CMI[method]
         regularizer = CMIRegularizer([proxy], weight=weight, normalization=normalization, every=cmi_every,
-                                     precision=precision)
+                                     precision=precision, compile=compile)
     return cls(config, context), regularizer
 
 

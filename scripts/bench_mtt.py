@@ -67,7 +67,7 @@ def measure(ipc: int, syn_steps: int, gradient: str, with_cmi: bool, iterations:
     regularizer = None
     if with_cmi:
         regularizer = CMIRegularizer([build_network("resnet18_cifar", 10, 3, (32, 32))], weight=100.0,
-                                     normalization="global")
+                                     normalization="global", compile=compile)
     before = resident_mb()
     with tempfile.TemporaryDirectory() as out:
         Distiller(Accelerator(cpu=True), method, method.init_synthetic(), regularizer, warmup + iterations, out, {},

@@ -213,7 +213,7 @@ def run_distillation(recipe: DistillRecipe) -> dict:
         regularizer = CMIRegularizer(list(pool), cmi_args.cmi_weight, space=cmi_args.cmi_space,
                                      normalization=cmi_args.cmi_normalization, every=cmi_args.cmi_every,
                                      class_chunk_size=cmi_args.cmi_class_chunk, seed=run.seed,
-                                     precision=cmi_args.cmi_precision)
+                                     precision=cmi_args.cmi_precision, compile=run.compile)
     synthetic = method.init_synthetic() if blocks is None else None  # blocks are built one at a time
     initial_cmi = None
     if pool is not None and synthetic is not None and accelerator.is_main_process:  # initial -> final CMI

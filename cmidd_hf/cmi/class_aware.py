@@ -166,6 +166,10 @@ class CMIRegularizer(nn.Module):
         seed: seed of the proxy draws.
         precision: "fp32"; "bf16" to run the proxy forward under bf16 autocast; "auto" for bf16 only on
             devices with native bf16 (the CMI itself is always computed in float32 from the features).
+        compile: run the proxies' forward (and so its backward) through ``torch.compile``, channels-last, as the
+            methods' networks run when a recipe compiles: one graph per image shape, shared by every proxy of an
+            architecture (their weights are its inputs). On an AVX2-only CPU (fp32) this took the ResNet-18 term
+            on 100 CIFAR-shaped images from 1.84 to 1.44 s.
     """
 
     def __init__(
@@ -178,6 +182,7 @@ class CMIRegularizer(nn.Module):
         class_chunk_size: int | None = None,
         seed: int = 0,
         precision: Literal["auto", "fp32", "bf16"] = "fp32",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if len(proxies) == 0:
@@ -194,6 +199,10 @@ class CMIRegularizer(nn.Module):
         if class_chunk_size is not None and class_chunk_size < 1:
             raise ValueError(f"class_chunk_size must be >= 1 or None, got {class_chunk_size}")
         self.proxies = nn.ModuleList(_freeze(p) for p in proxies)
+        self.memory_format = torch.channels_last if compile else torch.contiguous_format
+        if compile:
+            self.proxies.to(memory_format=self.memory_format)
+        self._embed = torch.compile(self._embed_eager, dynamic=False) if compile else self._embed_eager
         self.weight = float(weight)
         self.space = space
         self.normalization = normalization
@@ -219,7 +228,11 @@ class CMIRegularizer(nn.Module):
 
     def embed(self, proxy: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """The proxy output the CMI is measured on: penultimate features or logits."""
-        with autocast(images.device, resolve_precision(self.precision, images.device)):
+        return self._embed(proxy, images.contiguous(memory_format=self.memory_format),
+                           resolve_precision(self.precision, images.device))
+
+    def _embed_eager(self, proxy: nn.Module, images: torch.Tensor, precision: str) -> torch.Tensor:
+        with autocast(images.device, precision):
             feature_map = proxy.forward_features(images)
             return proxy.forward_head(feature_map, pre_logits=self.space == "feature")
 
